@@ -1,0 +1,1 @@
+"""Launch files, parameter YAML, rviz config and the pip-only runner for poco-ros."""

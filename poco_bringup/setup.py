@@ -1,0 +1,28 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'poco_bringup'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'benchmarks']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.py')),
+        ('share/' + package_name + '/config', glob('config/*')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='poco-ros developers',
+    maintainer_email='dev@poco-ros.invalid',
+    description='Launch files, parameter YAML, rviz config and the pip-only runner for poco-ros.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'run = poco_bringup.runner:main',
+        ],
+    },
+)

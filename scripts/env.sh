@@ -1,0 +1,14 @@
+# Source me: activates the project venv and the built workspace. Used by the Makefile, tests and the runner.
+_POCO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_POCO_VENV="${POCO_VENV:-$_POCO_ROOT/.venv}"
+# shellcheck disable=SC1091
+source "$_POCO_VENV/bin/activate"
+export AMENT_PREFIX_PATH="$_POCO_VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$_POCO_VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+# shellcheck disable=SC1091
+source "$_POCO_ROOT/install/local_setup.bash"
+# Only loopback discovery, ever (workplace rule); a per-shell domain unless the caller chose one.
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}"
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"

@@ -1,0 +1,139 @@
+"""Joins per-step transitions and episode events into buffer episodes (plain Python, no ROS).
+
+Transitions and events travel on different topics, so they can arrive in any order: an episode is written to
+the buffer's "finished" state only once both its end event and its final observation are in (or after a grace
+period, falling back to the last step's observation). Steps go to the buffer as they arrive, so a crash loses
+at most the unfinished episode's end, never stored steps.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+log = logging.getLogger('poco_learner.episodes')
+
+# EpisodeEvent constants (kept here so this module needs no ROS import)
+START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = range(6)
+END_EVENTS = {SUCCESS, FAILURE, ESTOP, TIMEOUT}
+
+
+@dataclass
+class RewardConfig:
+    success_reward: float = 1.0
+    step_penalty: float = 0.0      # subtracted every step (0 = pure sparse reward, the paper's setting)
+    failure_penalty: float = 0.0   # subtracted on the last step of failed / e-stopped episodes
+
+
+@dataclass
+class _Episode:
+    next_step: int = 0
+    last_obs: Optional[np.ndarray] = None
+    final_obs: Optional[np.ndarray] = None
+    end_event: Optional[int] = None
+    end_steps: int = 0
+    ended_at: float = 0.0
+    evaluation: bool = False
+    dropped: bool = False
+
+
+class EpisodeAssembler:
+    """Feeds a ReplayBuffer from transitions + events. `obs_fn(features, proprio) -> obs vector` and
+    `action_fn(physical action) -> normalised action` are the boundary conversions."""
+
+    def __init__(self, buffer, obs_fn: Callable, action_fn: Callable, rewards: RewardConfig,
+                 learn_from_eval: bool = True, grace_s: float = 2.0, lock=None):
+        self.buffer, self.obs_fn, self.action_fn = buffer, obs_fn, action_fn
+        self.rewards, self.learn_from_eval, self.grace_s = rewards, learn_from_eval, grace_s
+        self.lock = lock
+        self.episodes: dict[int, _Episode] = {}
+        self.finished: list[tuple[int, int, bool, bool]] = []  # (episode, steps, success, evaluation)
+        self.dropped_messages = 0
+
+    def _ep(self, eid: int) -> _Episode:
+        return self.episodes.setdefault(eid, _Episode())
+
+    def on_transition(self, episode_id: int, step_index: int, features, proprio, action, intervention: bool,
+                      final_observation: bool) -> bool:
+        """Returns False (and stores nothing) for a malformed or out-of-order step."""
+        ep = self._ep(episode_id)
+        if ep.dropped:
+            return False
+        try:
+            obs = self.obs_fn(np.asarray(features, np.float32), np.asarray(proprio, np.float32))
+            if final_observation:
+                ep.final_obs = obs
+                self._maybe_finish(episode_id)
+                return True
+            if step_index != ep.next_step:
+                raise ValueError(f'step {step_index} arrived, expected {ep.next_step} (lost messages?)')
+            act = self.action_fn(np.asarray(action, np.float32))
+            reward = -self.rewards.step_penalty
+            if ep.evaluation and not self.learn_from_eval:
+                ep.next_step += 1
+                ep.last_obs = obs
+                return True
+            self._locked(self.buffer.add_step, episode_id, obs, act, reward, intervention=intervention)
+        except ValueError as e:
+            self.dropped_messages += 1
+            log.warning('dropping transition (episode %s step %s): %s', episode_id, step_index, e)
+            if 'expected' in str(e):
+                # a gap would splice unrelated states into one sequence: stop using this episode
+                ep.dropped = True
+            return False
+        ep.next_step += 1
+        ep.last_obs = obs
+        return True
+
+    def on_event(self, episode_id: int, event: int, step_count: int, evaluation: bool):
+        ep = self._ep(episode_id)
+        if event == START:
+            ep.evaluation = evaluation
+            return
+        if event in END_EVENTS and ep.end_event is None:
+            ep.end_event, ep.end_steps, ep.ended_at = event, step_count, time.monotonic()
+            ep.evaluation = ep.evaluation or evaluation
+            self._maybe_finish(episode_id)
+
+    def poll(self):
+        """Finish episodes whose final observation never came (grace period over)."""
+        now = time.monotonic()
+        for eid, ep in list(self.episodes.items()):
+            if ep.end_event is not None and ep.final_obs is None and now - ep.ended_at > self.grace_s:
+                ep.final_obs = ep.last_obs
+                self._maybe_finish(eid)
+
+    def _locked(self, fn, *args, **kwargs):
+        if self.lock is None:
+            return fn(*args, **kwargs)
+        with self.lock:
+            return fn(*args, **kwargs)
+
+    def _maybe_finish(self, eid: int):
+        ep = self.episodes[eid]
+        if ep.end_event is None or ep.final_obs is None:
+            return
+        del self.episodes[eid]
+        success = ep.end_event == SUCCESS
+        n = ep.next_step
+        store = not ep.dropped and n > 0 and (self.learn_from_eval or not ep.evaluation)
+        self.finished.append((eid, n, success, ep.evaluation))
+        if not store:
+            return
+        last = n - 1
+        r_last = -self.rewards.step_penalty
+        if success:
+            r_last += self.rewards.success_reward
+        elif ep.end_event in (FAILURE, ESTOP):
+            r_last -= self.rewards.failure_penalty
+        self._locked(self.buffer.set_reward, eid, last, r_last)
+        # success / failure / e-stop end the task (no value after them); a timeout is a truncation.
+        terminal = ep.end_event != TIMEOUT
+        self._locked(self.buffer.end_episode, eid, ep.final_obs, terminal, success)
+
+    def recent_success_rate(self, n: int = 20, evaluation: Optional[bool] = None) -> float:
+        xs = [s for (_, _, s, ev) in self.finished if evaluation is None or ev == evaluation][-n:]
+        return float(np.mean(xs)) if xs else float('nan')

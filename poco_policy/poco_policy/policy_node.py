@@ -1,0 +1,473 @@
+"""Policy node: turns camera images + joint states into joint targets at a steady 15 Hz.
+
+Per tick: take the latest inputs (reject stale ones), encode the observation once, sample a new action chunk
+when the previous one is used up, send one step of it as joint targets, and publish the executed step as a
+Transition for the learner. Weights arrive from the learner and are swapped in between chunks only.
+It also runs the episode lifecycle (start, success, e-stop, timeout, reset), because it is the one process
+that knows which step the robot is on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from geometry_msgs.msg import PoseStamped, Point
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float32MultiArray
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyWeights, Transition
+from poco_msgs.srv import Reset, SetMode
+
+from poco_policy.config import declare_ros_parameters
+from poco_policy.runtime import (ChunkRunner, Safety, SafetyLimits, WeightsGate, WeightsRejected,
+                                 finite_array, image_to_array)
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                     history=HistoryPolicy.KEEP_LAST)
+
+
+@dataclass
+class PolicyNodeConfig:
+    control_rate_hz: float = 15.0
+    obs_mode: str = 'pixels'            # 'pixels' (cameras) or 'state' (sim privileged state on sim/state)
+    cameras: tuple = ('front', 'wrist')
+    feature_dim: int = 64               # per camera, must match the learner's encoder
+    image_size: int = 128
+    encoder_checkpoint: str = ''        # local ResNet-10 safetensors; '' = seeded random weights
+    joint_names: tuple = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6')
+    joint_lower: tuple = (-3.1, -2.0, -2.6, -3.1, -2.0, -3.1)
+    joint_upper: tuple = (3.1, 2.0, 2.6, 3.1, 2.0, 3.1)
+    max_joint_delta: float = 0.05       # rad per tick; sampled deltas are clipped to this
+    ee_box_min: tuple = (-0.3, -0.5, -0.05)  # metres, base frame
+    ee_box_max: tuple = (0.9, 0.5, 0.8)
+    staleness_s: float = 0.5            # inputs older than this -> hold position (watchdog)
+    max_episode_steps: int = 100        # H: timeout
+    auto_reset: bool = True             # sim: reset and start the next episode automatically
+    eval_every: int = 5                 # every k-th episode is an evaluation episode (0 = never)
+    mode: str = 'train'                 # 'train' | 'eval' | 'hold'
+    initial_weights: str = ''           # actor safetensors to start from ('' = wait for the learner)
+    reset_timeout_s: float = 10.0
+    seed: int = 0
+    torch_threads: int = 1
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('policy', **kwargs)
+        self.cfg = declare_ros_parameters(self, PolicyNodeConfig)
+        cfg = self.cfg
+        import torch  # imported here so `--help`-like uses of the module stay light
+        torch.set_num_threads(max(1, cfg.torch_threads))
+        self._torch = torch
+        from poco_policy.flow_policy import policy_from_bytes
+        from poco_policy.observation import ActionScaler
+        self.scaler = ActionScaler(cfg.max_joint_delta)
+        self.encoder = None
+        if cfg.obs_mode == 'pixels':
+            from poco_policy.encoder import EncoderConfig, ImageEncoder
+            self.encoder = ImageEncoder(EncoderConfig(checkpoint_path=cfg.encoder_checkpoint,
+                                                      feature_dim=cfg.feature_dim, image_size=cfg.image_size))
+        elif cfg.obs_mode != 'state':
+            raise ValueError(f"obs_mode must be 'pixels' or 'state', got {cfg.obs_mode!r}")
+        self.gate = WeightsGate(policy_from_bytes)
+        self.runner = ChunkRunner(self._sample)
+        self.safety = Safety(SafetyLimits(np.array(cfg.joint_lower), np.array(cfg.joint_upper),
+                                          np.array(cfg.ee_box_min), np.array(cfg.ee_box_max), cfg.staleness_s))
+        self.rng = np.random.default_rng(cfg.seed)
+        self._lock = threading.RLock()  # e-stop callback vs tick (different callback groups)
+
+        # latest inputs, with monotonic receive time
+        self.q: Optional[np.ndarray] = None
+        self.gripper = 1.0
+        self.stamps: dict[str, Optional[float]] = {'joint_states': None}
+        self.images: dict[str, np.ndarray] = {}
+        self.state: Optional[np.ndarray] = None
+        self.ee: Optional[np.ndarray] = None
+        self.teleop: Optional[tuple[np.ndarray, float]] = None
+        if cfg.obs_mode == 'pixels':
+            for c in cfg.cameras:
+                self.stamps[c] = None
+        else:
+            self.stamps['state'] = None
+
+        # episode state
+        self.estop = False
+        self.phase = 'idle'   # idle -> resetting -> running -> (ended) -> resetting ...; 'halted' after e-stop
+        self.episode_id = int(time.time()) * 1000  # unique across restarts (learner keys its buffer by it)
+        self.episodes_started = 0
+        self.evaluation = False
+        self.step = 0
+        self.success_flag = False
+        self.last_cmd: Optional[np.ndarray] = None
+        self.tick_times: list[float] = []
+
+        fast = MutuallyExclusiveCallbackGroup()  # e-stop and success must not wait behind a slow tick
+        sensors = qos_profile_sensor_data
+        self.create_subscription(JointState, 'joint_states', self.on_joint_states, sensors)
+        for c in cfg.cameras if cfg.obs_mode == 'pixels' else ():
+            self.create_subscription(Image, f'cameras/{c}/image_raw', lambda m, c=c: self.on_image(c, m), sensors)
+        if cfg.obs_mode == 'state':
+            self.create_subscription(Float32MultiArray, 'sim/state', self.on_state, sensors)
+        self.create_subscription(PoseStamped, 'ee_pose', self.on_ee, sensors)
+        self.create_subscription(Bool, 'poco/estop', self.on_estop, LATCHED, callback_group=fast)
+        self.create_subscription(Bool, 'poco/success', self.on_success, RELIABLE, callback_group=fast)
+        self.create_subscription(PolicyWeights, 'poco/policy_weights', self.on_weights, LATCHED)
+        self.create_subscription(ActionChunk, 'teleop/action', self.on_teleop, RELIABLE)
+
+        self.cmd_pub = self.create_publisher(JointState, 'joint_commands', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.transition_pub = self.create_publisher(Transition, 'poco/transition', QoSProfile(
+            depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.event_pub = self.create_publisher(EpisodeEvent, 'poco/episode_event', QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.chunk_pub = self.create_publisher(ActionChunk, 'poco/action_chunk', RELIABLE)
+        self.marker_pub = self.create_publisher(MarkerArray, 'poco/chunk_markers', RELIABLE)
+        self.box_pub = self.create_publisher(Marker, 'poco/safety_box', LATCHED)
+        self.reset_client = self.create_client(Reset, 'poco/reset')
+        self.create_service(SetMode, 'poco/set_mode', self.on_set_mode)
+        self.create_service(Trigger, 'poco/start_episode', self.on_start_episode)
+        self._reset_future = None
+        self._reset_started = 0.0
+
+        if cfg.initial_weights:
+            self._load_initial(cfg.initial_weights)
+        self._publish_box()
+        self.timer = self.create_timer(1.0 / cfg.control_rate_hz, self.tick)
+        self.get_logger().info(f'policy node up: obs_mode={cfg.obs_mode} rate={cfg.control_rate_hz} Hz '
+                               f'H={cfg.max_episode_steps} mode={cfg.mode}')
+
+    # ---------------------------------------------------------------- inputs
+    def on_joint_states(self, msg: JointState):
+        try:
+            pos = dict(zip(msg.name, msg.position))
+            q = finite_array([pos[n] for n in self.cfg.joint_names], 6, 'joint_states')
+            g = float(pos.get('gripper', self.gripper))
+        except (KeyError, ValueError) as e:
+            self.get_logger().warn(f'dropping malformed joint_states: {e}', throttle_duration_sec=5.0)
+            return
+        self.q, self.gripper = q, g
+        self.stamps['joint_states'] = time.monotonic()
+
+    def on_image(self, cam: str, msg: Image):
+        try:
+            self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
+        except ValueError as e:
+            self.get_logger().warn(f'dropping image from {cam}: {e}', throttle_duration_sec=5.0)
+            return
+        self.stamps[cam] = time.monotonic()
+
+    def on_state(self, msg: Float32MultiArray):
+        try:
+            self.state = finite_array(msg.data, None, 'sim/state')
+        except ValueError as e:
+            self.get_logger().warn(f'dropping state: {e}', throttle_duration_sec=5.0)
+            return
+        self.stamps['state'] = time.monotonic()
+
+    def on_ee(self, msg: PoseStamped):
+        p = msg.pose.position
+        self.ee = np.array([p.x, p.y, p.z], dtype=np.float32)
+
+    def on_teleop(self, msg: ActionChunk):
+        try:
+            a = finite_array(msg.data, 7, 'teleop/action')
+        except ValueError as e:
+            self.get_logger().warn(f'dropping teleop action: {e}', throttle_duration_sec=5.0)
+            return
+        self.teleop = (a, time.monotonic())
+
+    def on_success(self, msg: Bool):
+        if msg.data:
+            self.success_flag = True
+
+    def on_estop(self, msg: Bool):
+        with self._lock:
+            if msg.data and not self.estop:
+                self.estop = True
+                self._hold()  # halt now, not at the next tick
+                if self.phase == 'running':
+                    self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
+                self.phase = 'halted'
+                self.get_logger().error('E-STOP engaged: motion halted until reset')
+            elif not msg.data and self.estop:
+                self.estop = False
+                self.get_logger().warn('e-stop released; waiting for a reset')
+
+    def on_weights(self, msg: PolicyWeights):
+        try:
+            policy, meta = self.gate.check(msg.version, msg.format, msg.sha256, bytes(msg.payload), msg.metadata)
+        except WeightsRejected as e:
+            self.get_logger().error(f'rejected weights v{msg.version}: {e}; keeping v{self.gate.version}')
+            return
+        self.gate.accept(msg.version)
+        self.runner.offer(policy, msg.version)
+        self.get_logger().info(f'received weights v{msg.version} (used from the next chunk)')
+
+    def on_set_mode(self, req, resp):
+        if req.mode not in ('train', 'eval', 'hold'):
+            resp.success, resp.message = False, f'unknown mode {req.mode!r}'
+            return resp
+        self.cfg.mode = req.mode
+        resp.success, resp.message = True, f'mode={req.mode}'
+        return resp
+
+    def on_start_episode(self, req, resp):
+        with self._lock:
+            if self.estop:
+                resp.success, resp.message = False, 'e-stop engaged'
+            elif self.phase in ('running', 'resetting'):
+                resp.success, resp.message = False, f'episode already {self.phase}'
+            else:
+                self._request_reset()
+                resp.success, resp.message = True, 'resetting'
+        return resp
+
+    # ---------------------------------------------------------------- helpers
+    def _load_initial(self, path: str):
+        """Start from an actor file (safetensors + JSON metadata sidecar), e.g. from offline pre-training."""
+        meta_path = path[:-len('.safetensors')] + '.json' if path.endswith('.safetensors') else path + '.json'
+        with open(path, 'rb') as f:
+            payload = f.read()
+        with open(meta_path) as f:
+            meta = f.read()
+        import hashlib
+        policy, _ = self.gate.check(1, 'safetensors', hashlib.sha256(payload).hexdigest(), payload, meta)
+        self.runner.offer(policy, 0)
+        self.get_logger().info(f'loaded initial weights from {path}')
+
+    def _sample(self, policy, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            o = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+            noise = None
+            if deterministic:
+                noise = torch.zeros(1, 1, policy.cfg.horizon * policy.cfg.action_dim)
+            chunk = policy.sample(o, num_samples=1, noise=noise)
+        return chunk.reshape(policy.cfg.horizon, policy.cfg.action_dim).cpu().numpy()
+
+    def _observation(self) -> tuple[np.ndarray, np.ndarray]:
+        proprio = np.concatenate([self.q, [self.gripper]]).astype(np.float32)
+        if self.cfg.obs_mode == 'pixels':
+            imgs = np.stack([self.images[c] for c in self.cfg.cameras])
+            feats = self.encoder.encode(imgs).reshape(-1)
+        else:
+            feats = self.state
+        return np.asarray(feats, dtype=np.float32), proprio
+
+    def _send(self, q_target: np.ndarray, gripper: float):
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = list(self.cfg.joint_names) + ['gripper']
+        msg.position = [float(x) for x in q_target] + [float(gripper)]
+        self.cmd_pub.publish(msg)
+        self.last_cmd = np.concatenate([q_target, [gripper]])
+
+    def _hold(self):
+        if self.q is not None:
+            self._send(self.q, self.gripper)
+
+    def _event(self, kind: int, detail: str = ''):
+        ev = EpisodeEvent()
+        ev.header.stamp = self.get_clock().now().to_msg()
+        ev.episode_id, ev.event, ev.step_count = self.episode_id, kind, self.step
+        ev.evaluation, ev.detail = self.evaluation, detail
+        self.event_pub.publish(ev)
+
+    def _end_episode(self, kind: int, detail: str):
+        """Publish the final observation (to bootstrap from on timeouts) and the end event."""
+        if self.q is not None and self._inputs_ok():
+            feats, proprio = self._observation()
+            self._publish_transition(feats, proprio, None, False, 0)
+        self._event(kind, detail)
+        self.runner.drop_chunk()
+        self.phase = 'ended'
+        names = {1: 'SUCCESS', 2: 'FAILURE', 3: 'ESTOP', 4: 'TIMEOUT'}
+        self.get_logger().info(f'episode {self.episode_id} {"(eval) " if self.evaluation else ""}'
+                               f'{names.get(kind, kind)} after {self.step} steps {detail}')
+
+    def _inputs_ok(self) -> bool:
+        return not self.safety.stale(self.stamps) and self.q is not None
+
+    def _publish_transition(self, feats, proprio, action_phys, intervention: bool, chunk_step: int):
+        t = Transition()
+        t.header.stamp = self.get_clock().now().to_msg()
+        t.episode_id, t.step_index, t.chunk_step = self.episode_id, self.step, chunk_step
+        t.features = feats.tolist()
+        t.proprio = proprio.tolist()
+        t.final_observation = action_phys is None
+        t.action = [] if action_phys is None else [float(x) for x in action_phys]
+        t.intervention = intervention
+        t.policy_version = self.runner.version
+        t.action_stamp = t.header.stamp
+        self.transition_pub.publish(t)
+
+    def _request_reset(self):
+        if not self.reset_client.service_is_ready():
+            self.get_logger().warn('reset service poco/reset not available yet', throttle_duration_sec=5.0)
+            self.phase = 'idle'
+            return
+        self.episodes_started += 1
+        k = self.cfg.eval_every
+        self.evaluation = self.cfg.mode == 'eval' or (k > 0 and self.episodes_started % k == 0)
+        self._reset_future = self.reset_client.call_async(Reset.Request(seed=-1, evaluation=self.evaluation))
+        self._reset_started = time.monotonic()
+        self.phase = 'resetting'
+        self.success_flag = False
+
+    def _publish_box(self):
+        m = Marker()
+        m.header.frame_id = 'base_link'
+        m.ns, m.id, m.type, m.action = 'safety_box', 0, Marker.LINE_LIST, Marker.ADD
+        lo, hi = np.array(self.cfg.ee_box_min), np.array(self.cfg.ee_box_max)
+        corners = [np.array([x, y, z]) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        for i in range(8):
+            for j in range(i + 1, 8):
+                if np.sum(corners[i] != corners[j]) == 1:  # box edges differ in exactly one coordinate
+                    m.points += [Point(x=float(corners[i][0]), y=float(corners[i][1]), z=float(corners[i][2])),
+                                 Point(x=float(corners[j][0]), y=float(corners[j][1]), z=float(corners[j][2]))]
+        m.scale.x = 0.005
+        m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.3, 0.1, 0.8
+        m.pose.orientation.w = 1.0
+        self.box_pub.publish(m)
+
+    def _publish_chunk(self, chunk_norm: np.ndarray, chunk_phys: np.ndarray):
+        msg = ActionChunk()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = 'base_link'
+        msg.policy_version, msg.episode_id, msg.step_index = self.runner.version, self.episode_id, self.step
+        msg.horizon, msg.action_dim = chunk_phys.shape
+        msg.data = chunk_phys.reshape(-1).astype(np.float32).tolist()
+        self.chunk_pub.publish(msg)
+        # rviz: the chunk's joint-space plan as a bar strip (one sphere per step, height = cumulative motion)
+        arr = MarkerArray()
+        base = self.ee if self.ee is not None else np.zeros(3, np.float32)
+        cum = np.cumsum(np.abs(chunk_phys[:, :6]).sum(axis=1))
+        for k in range(len(chunk_phys)):
+            m = Marker()
+            m.header = msg.header
+            m.ns, m.id, m.type, m.action = 'chunk', k, Marker.SPHERE, Marker.ADD
+            m.pose.position.x, m.pose.position.y = float(base[0]), float(base[1])
+            m.pose.position.z = float(base[2] + 0.02 * k)
+            m.pose.orientation.w = 1.0
+            m.scale.x = m.scale.y = m.scale.z = 0.01 + 0.05 * float(cum[k]) / (1e-6 + float(cum[-1]))
+            m.color.g, m.color.b, m.color.a = 0.8, 1.0 - k / len(chunk_phys), 0.9
+            arr.markers.append(m)
+        self.marker_pub.publish(arr)
+
+    # ---------------------------------------------------------------- the 15 Hz tick
+    def tick(self):
+        t0 = time.monotonic()
+        with self._lock:
+            try:
+                self._tick()
+            except Exception as e:  # the control loop must survive anything; hold and report
+                self.get_logger().error(f'tick failed: {type(e).__name__}: {e}', throttle_duration_sec=2.0)
+                self._hold()
+        self.tick_times.append(t0)
+        if len(self.tick_times) > 1000:
+            del self.tick_times[:500]
+
+    def _tick(self):
+        cfg = self.cfg
+        if self.estop or self.phase == 'halted':
+            if self.estop:
+                return  # nothing moves while engaged (the hold was sent when it engaged)
+            if cfg.auto_reset:
+                self._request_reset()
+            return
+        if self.phase == 'resetting':
+            f = self._reset_future
+            if f is not None and f.done():
+                res = f.result()
+                if res is None or not res.success:
+                    self.get_logger().error(f'reset failed: {getattr(res, "message", "no response")}')
+                    self.phase = 'idle'
+                    return
+                self.episode_id += 1
+                self.step, self.success_flag = 0, False
+                self.runner.drop_chunk()
+                self.phase = 'running'
+                self._event(EpisodeEvent.START, 'evaluation' if self.evaluation else 'train')
+            elif time.monotonic() - self._reset_started > cfg.reset_timeout_s:
+                self.get_logger().error('reset timed out; retrying')
+                self.phase = 'idle'
+            return
+        if self.phase in ('idle', 'ended'):
+            if cfg.mode == 'hold' or not self.runner.ready:
+                if not self.runner.ready:
+                    self.get_logger().info('waiting for policy weights', throttle_duration_sec=10.0)
+                return
+            if cfg.auto_reset:
+                self._request_reset()
+            return
+
+        # phase == 'running'
+        if self.success_flag:
+            self._end_episode(EpisodeEvent.SUCCESS, '')
+            return
+        if self.step >= cfg.max_episode_steps:
+            self._end_episode(EpisodeEvent.TIMEOUT, f'step limit {cfg.max_episode_steps}')
+            return
+        stale = self.safety.stale(self.stamps)
+        if stale or self.q is None:
+            self.get_logger().warn(f'watchdog: stale inputs {stale}; holding position', throttle_duration_sec=2.0)
+            self._hold()
+            return
+        if self.safety.ee_outside(self.ee):
+            self._hold()
+            self._end_episode(EpisodeEvent.FAILURE, f'end effector {np.round(self.ee, 3).tolist()} left the box')
+            return
+        if cfg.mode == 'hold':
+            self._hold()
+            return
+
+        feats, proprio = self._observation()
+        intervention = False
+        if self.teleop is not None and time.monotonic() - self.teleop[1] < 3.0 / cfg.control_rate_hz:
+            action_phys, chunk_step, intervention = self.teleop[0].copy(), 0, True
+            self.runner.drop_chunk()  # after the human lets go, plan afresh from the new state
+        else:
+            if self.runner.needs_chunk():
+                obs = np.concatenate([feats, proprio])
+                chunk = self.runner.new_chunk(obs, deterministic=self.evaluation)
+                self._publish_chunk(chunk, self.scaler.denormalize(chunk))
+            a_norm, chunk_step = self.runner.next_action()
+            action_phys = self.scaler.denormalize(a_norm[None])[0]
+        delta = np.clip(action_phys[:6], -cfg.max_joint_delta, cfg.max_joint_delta)
+        action_phys[:6] = delta
+        action_phys[6] = float(np.clip(action_phys[6], 0.0, 1.0))
+        self._send(self.safety.clamp_targets(self.q + delta), action_phys[6])
+        self._publish_transition(feats, proprio, action_phys, intervention, chunk_step)
+        self.step += 1
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -81,8 +81,10 @@ class EpisodeAssembler:
             self.dropped_messages += 1
             log.warning('dropping transition (episode %s step %s): %s', episode_id, step_index, e)
             if 'expected' in str(e):
-                # a gap would splice unrelated states into one sequence: stop using this episode
+                # a gap would splice unrelated states into one sequence: drop this episode entirely
                 ep.dropped = True
+                if self.buffer.has_episode(episode_id):
+                    self._locked(self.buffer.abort_episode, episode_id)
             return False
         ep.next_step += 1
         ep.last_obs = obs
@@ -121,6 +123,7 @@ class EpisodeAssembler:
         n = ep.next_step
         store = not ep.dropped and n > 0 and (self.learn_from_eval or not ep.evaluation)
         self.finished.append((eid, n, success, ep.evaluation))
+        del self.finished[:-1000]  # bounded: only recent outcomes are reported
         if not store:
             return
         last = n - 1

@@ -104,7 +104,8 @@ class Learner:
         if c.horizon > 0:
             over['horizon'] = c.horizon
         if c.hidden_dim > 0:
-            over['hidden_dims'] = (c.hidden_dim,) * (c.hidden_layers if c.hidden_layers > 0 else 4)
+            dims = (c.hidden_dim,) * (c.hidden_layers if c.hidden_layers > 0 else 4)
+            over['actor_hidden_dims'] = over['critic_hidden_dims'] = dims
         for name in ('batch_size', 'num_candidates', 'flow_steps'):
             if getattr(c, name) > 0:
                 over[name] = getattr(c, name)

@@ -23,6 +23,8 @@ setup(
     entry_points={
         'console_scripts': [
             'run = poco_bringup.runner:main',
+            'monitor = poco_bringup.monitor_node:main',
+            'plot_learning_curve = poco_bringup.plotting:main',
         ],
     },
 )

@@ -1,0 +1,283 @@
+"""THE description of the poco-ros node graph: which nodes run, with which parameters.
+
+Both `launch/*.launch.py` (on a ROS 2 machine) and the pip-only runner (`run`) build their processes from
+`sim_graph()` / `real_graph()`; there is no second node list anywhere. No ROS or launch import here, so it
+is testable as plain Python.
+
+Parameter sources of every node, in order (later wins, like `ros2 launch` with `parameters=[...]`):
+  config/robot.yaml, cameras.yaml, monitor.yaml, task_<task>.yaml, algo_poco.yaml (+ algo_<algorithm>.yaml
+  layered on top for the baselines), the user's params files, then a dict of per-run values
+  (obs_mode, run_dir, demo dataset, seed, preset) and the `node.param=value` overrides.
+Every node gets every file: the files' `/**/<node>` sections pick what applies (idiomatic ROS, and it
+means a section added for a node in any file just works).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from poco_bringup import rosparams
+
+PACKAGE = 'poco_bringup'
+TASKS = ('pick_cube', 'peg_insert')
+ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
+OBS_MODES = ('pixels', 'state')
+BASE_CONFIGS = ('robot.yaml', 'cameras.yaml', 'monitor.yaml')
+
+
+@dataclass
+class NodeSpec:
+    """One process of the graph (a ROS node unless `command` says otherwise)."""
+    package: str
+    executable: str
+    name: str
+    namespace: str = ''
+    # Params-file paths and/or dicts of parameters, in override order (launch_ros `parameters=`).
+    parameters: list = field(default_factory=list)
+    remappings: dict[str, str] = field(default_factory=dict)
+    arguments: list[str] = field(default_factory=list)  # plain argv before --ros-args (e.g. rviz2 -d)
+    output_prefix: str = ''  # log line prefix; '' = '[name]'
+    required: bool = True  # the graph stops when a required node exits
+    env: dict[str, str] = field(default_factory=dict)
+    # Runner only: explicit argv instead of install/<pkg>/lib/<pkg>/<exe> (tests, custom graphs).
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def fqn(self) -> str:
+        return rosparams.fqn(self.name, self.namespace)
+
+    @property
+    def prefix(self) -> str:
+        return self.output_prefix or f'[{self.name}]'
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """What the node will see as parameter overrides (flattened names), per ROS params-file rules."""
+        return rosparams.merge_sources(self.parameters, self.fqn)
+
+    def launch_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for launch_ros.actions.Node (pure data; the launch files add on_exit)."""
+        kw: dict[str, Any] = dict(package=self.package, executable=self.executable, name=self.name,
+                                  output='screen', emulate_tty=True)
+        if self.namespace.strip('/'):  # omitted when empty so an enclosing PushRosNamespace still applies
+            kw['namespace'] = '/' + self.namespace.strip('/')
+        params = [str(p) if not isinstance(p, dict) else p for p in self.parameters]
+        if params:
+            kw['parameters'] = params
+        if self.remappings:
+            kw['remappings'] = list(self.remappings.items())
+        if self.arguments:
+            kw['arguments'] = list(self.arguments)
+        if self.env:
+            kw['additional_env'] = dict(self.env)
+        return kw
+
+
+def _arg(default, help_: str, choices: Sequence[str] = ()):
+    return field(default=default, metadata={'help': help_, 'choices': tuple(choices)})
+
+
+@dataclass
+class GraphArgs:
+    """Arguments of both graphs: launch arguments of the launch files and options of the runner."""
+    run_dir: str = _arg('', 'run directory (learner checkpoints/buffer, monitor CSV/PNG); "" = node defaults')
+    task: str = _arg('pick_cube', 'task; selects config/task_<task>.yaml', TASKS)
+    obs_mode: str = _arg('pixels', 'observation mode (state = privileged sim state, sim only)', OBS_MODES)
+    algorithm: str = _arg('poco', 'online algorithm; selects config/algo_<algorithm>.yaml', ALGORITHMS)
+    preset: str = _arg('', 'learner hyper-parameter preset (learner.preset); "" = the YAML value')
+    namespace: str = _arg('', 'ROS namespace of all nodes (one per robot)')
+    demo_dataset: str = _arg('', 'episode dataset the learner pre-trains on and seeds its buffer with')
+    seed: str = _arg('', 'seed for sim, policy and learner; "" = the YAML values')
+    monitor: bool = _arg(True, 'start the monitor node (progress line, CSV, learning curve)')
+    rviz: bool = _arg(False, 'start rviz2 with config/poco.rviz')
+    params_files: list[str] = _arg((), 'extra ROS params files, applied after the package configs')
+    overrides: list[str] = _arg((), 'node.param=value overrides, applied last')
+
+    def __post_init__(self):
+        self.params_files = [str(p) for p in (self.params_files or ())]
+        self.overrides = list(self.overrides or ())
+        self.seed = '' if self.seed is None else str(self.seed)
+
+
+def graph_args(**kw) -> GraphArgs:
+    known = {f.name for f in dataclasses.fields(GraphArgs)}
+    unknown = set(kw) - known
+    if unknown:
+        raise ValueError(f'unknown graph arguments {sorted(unknown)}; known: {sorted(known)}')
+    return GraphArgs(**kw)
+
+
+def args_from_strings(values: dict[str, str]) -> GraphArgs:
+    """GraphArgs from launch-argument strings (lists: comma or whitespace separated / `;` for overrides)."""
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(GraphArgs):
+        if f.name not in values:
+            continue
+        s = str(values[f.name]).strip()
+        if f.name == 'params_files':
+            kw[f.name] = [p for p in s.replace(',', ' ').split() if p]
+        elif f.name == 'overrides':
+            kw[f.name] = [p.strip() for p in s.split(';') if p.strip()]
+        elif f.type in (bool, 'bool'):
+            kw[f.name] = s.lower() in ('1', 'true', 'yes', 'on')
+        else:
+            kw[f.name] = s
+    return GraphArgs(**kw)
+
+
+def config_dir() -> Path:
+    """Source tree config/ when running from a checkout (symlink-install), else the installed share dir."""
+    pkg = Path(__file__).resolve().parent.parent
+    if (pkg / 'package.xml').is_file() and (pkg / 'config').is_dir():
+        return pkg / 'config'
+    from ament_index_python.packages import get_package_share_directory  # only on installed systems
+    return Path(get_package_share_directory(PACKAGE)) / 'config'
+
+
+def config_file(name: str) -> Path:
+    path = config_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f'{PACKAGE} config file not found: {path}')
+    return path
+
+
+def _config_files(a: GraphArgs) -> list[Path]:
+    if a.task not in TASKS:
+        raise ValueError(f'unknown task {a.task!r}; known: {TASKS}')
+    if a.algorithm not in ALGORITHMS:
+        raise ValueError(f'unknown algorithm {a.algorithm!r}; known: {ALGORITHMS}')
+    files = [config_file(n) for n in BASE_CONFIGS]
+    files.append(config_file(f'task_{a.task}.yaml'))
+    files.append(config_file('algo_poco.yaml'))
+    if a.algorithm != 'poco':  # baselines are small diffs on top of the POCO settings
+        files.append(config_file(f'algo_{a.algorithm}.yaml'))
+    for p in a.params_files:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f'params file not found: {p}')
+        files.append(Path(p).resolve())
+    return files
+
+
+def parse_overrides(items: Sequence[str], node_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """['learner.agent.eta=0.01', ...] -> {'learner': {'agent.eta': 0.01}}; unknown node = error."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        node, dot, param = key.strip().partition('.')
+        if not sep or not dot or not param:
+            raise ValueError(f'override {item!r}: expected node.param=value')
+        if node not in node_names:
+            raise ValueError(f'override {item!r}: no node {node!r} in the graph; nodes: {list(node_names)}')
+        out.setdefault(node, {})[param] = rosparams.parse_value(value.strip())
+    return out
+
+
+def _run_params(a: GraphArgs, node: str) -> dict[str, Any]:
+    """Per-run values derived from the graph arguments."""
+    p: dict[str, Any] = {}
+    if node in ('sim', 'policy', 'learner'):
+        p['obs_mode'] = a.obs_mode
+        if a.seed != '':
+            p['seed'] = int(a.seed)
+    if node in ('learner', 'monitor') and a.run_dir:
+        p['run_dir'] = str(Path(a.run_dir).resolve())
+    if node == 'learner':
+        if a.demo_dataset:
+            p['demo_dataset'] = str(Path(a.demo_dataset).resolve())
+        if a.preset:
+            p['preset'] = a.preset
+    return p
+
+
+def apply_overrides(specs: list[NodeSpec], items: Sequence[str],
+                    extra: Optional[dict[str, dict[str, Any]]] = None) -> list[NodeSpec]:
+    """Append one dict per node: `extra[node]` then the `node.param=value` overrides (applied last).
+
+    An integer override of a parameter the YAMLs give as a float stays a float: ROS parameters are typed,
+    and `--set learner.utd_ratio=2` must not make the node fail on INTEGER vs DOUBLE.
+    """
+    overrides = parse_overrides(items, [s.name for s in specs])
+    for s in specs:
+        d = dict((extra or {}).get(s.name, {}))
+        user = overrides.get(s.name, {})
+        if user:
+            current = rosparams.merge_sources(s.parameters, s.fqn)
+            for k, v in user.items():
+                if isinstance(v, int) and not isinstance(v, bool) and isinstance(current.get(k), float):
+                    v = float(v)
+                d[k] = v
+        for k, v in d.items():
+            rosparams.check_ros_value(f'{s.name}.{k}', v)
+        if d:
+            s.parameters.append(d)
+    return specs
+
+
+def _finish(specs: list[NodeSpec], a: GraphArgs) -> list[NodeSpec]:
+    """Attach the per-run values and the overrides (rviz takes no parameters)."""
+    return apply_overrides(specs, a.overrides,
+                           {s.name: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
+
+
+def _node(package: str, executable: str, name: str, a: GraphArgs, files: list[Path]) -> NodeSpec:
+    return NodeSpec(package=package, executable=executable, name=name, namespace=a.namespace,
+                    parameters=[str(f) for f in files])
+
+
+def _rviz(a: GraphArgs) -> NodeSpec:
+    return NodeSpec(package='rviz2', executable='rviz2', name='rviz2', namespace=a.namespace,
+                    arguments=['-d', str(config_file('poco.rviz'))], required=False)
+
+
+def sim_graph(**kw) -> list[NodeSpec]:
+    """MuJoCo sim impersonating the robot + policy + learner (+ monitor, rviz)."""
+    a = graph_args(**kw)
+    if a.obs_mode not in OBS_MODES:
+        raise ValueError(f'unknown obs_mode {a.obs_mode!r}; known: {OBS_MODES}')
+    files = _config_files(a)
+    specs = [
+        _node('poco_sim', 'sim_node', 'sim', a, files),
+        _node('poco_policy', 'policy_node', 'policy', a, files),
+        _node('poco_learner', 'learner_node', 'learner', a, files),
+    ]
+    if a.monitor:
+        specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
+    if a.rviz:
+        specs.append(_rviz(a))
+    return _finish(specs, a)
+
+
+def real_graph(**kw) -> list[NodeSpec]:
+    """Policy + learner (+ monitor, rviz); the robot driver, cameras and buttons are the user's."""
+    a = graph_args(**kw)
+    if a.obs_mode != 'pixels':
+        raise ValueError('the real robot has no privileged state: obs_mode must be "pixels"')
+    files = _config_files(a)
+    specs = [
+        _node('poco_policy', 'policy_node', 'policy', a, files),
+        _node('poco_learner', 'learner_node', 'learner', a, files),
+    ]
+    if a.monitor:
+        specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
+    if a.rviz:
+        specs.append(_rviz(a))
+    return _finish(specs, a)
+
+
+GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {'sim': sim_graph, 'real': real_graph}
+
+
+def graph_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(GraphArgs))
+
+
+def default_string(f: dataclasses.Field) -> str:
+    """Launch-argument default of a GraphArgs field."""
+    d = f.default
+    if isinstance(d, bool):
+        return 'true' if d else 'false'
+    if isinstance(d, (tuple, list)):
+        return ''
+    return str(d)
+

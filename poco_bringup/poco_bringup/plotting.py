@@ -1,0 +1,133 @@
+"""Learning-curve plot from episodes.csv (pure function; matplotlib's Agg canvas, no pyplot state, no ROS).
+
+    python -m poco_bringup.plotting runs/<run>/episodes.csv runs/<run>/learning_curve.png
+
+Evaluation points: eval episodes are grouped into windows of consecutive eval episodes; a window closes once
+it holds >= eval_window episodes and a training episode follows, so a block of evaluations gives one point
+and "every k-th episode is an eval" schemes give one point per eval_window evaluations. The first window is
+the pre-trained level (dashed line).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def _num(v, default=math.nan) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x
+
+
+def read_episodes(csv_path: str | Path) -> list[dict]:
+    """Rows of episodes.csv as dicts with numeric fields parsed; malformed rows are skipped."""
+    rows = []
+    try:
+        with open(csv_path, newline='') as f:
+            for r in csv.DictReader(f):
+                try:
+                    rows.append(dict(evaluation=int(_num(r.get('evaluation'), 0)) == 1,
+                                     success=1.0 if _num(r.get('success'), 0) >= 0.5 else 0.0,
+                                     env_steps=_num(r.get('env_steps')), elapsed_s=_num(r.get('elapsed_s')),
+                                     episode_id=r.get('episode_id', '')))
+                except (TypeError, ValueError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return [r for r in rows if not math.isnan(r['env_steps'])]
+
+
+def eval_windows(rows: list[dict], eval_window: int = 5) -> list[dict]:
+    out, cur = [], []
+
+    def close():
+        out.append(dict(env_steps=cur[-1]['env_steps'], elapsed_s=cur[-1]['elapsed_s'], n=len(cur),
+                        success_rate=sum(r['success'] for r in cur) / len(cur)))
+    for r in rows:
+        if r['evaluation']:
+            cur.append(r)
+        elif len(cur) >= max(1, eval_window):
+            close()
+            cur = []
+    if cur:
+        close()  # the last (possibly short) window: the latest information we have
+    return out
+
+
+def train_moving_average(rows: list[dict], window: int = 20) -> list[dict]:
+    out, recent = [], []
+    for r in rows:
+        if r['evaluation']:
+            continue
+        recent = (recent + [r['success']])[-max(1, window):]
+        out.append(dict(env_steps=r['env_steps'], elapsed_s=r['elapsed_s'], success_ma=sum(recent) / len(recent)))
+    return out
+
+
+def plot_learning_curve(csv_path: str | Path, png_path: str | Path, *, train_window: int = 20,
+                        eval_window: int = 5, title: Optional[str] = None) -> dict:
+    """Write the learning-curve PNG (atomically) and return a summary of what was plotted."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_episodes(csv_path)
+    windows = eval_windows(rows, eval_window)
+    train = train_moving_average(rows, train_window)
+    pre = windows[0]['success_rate'] if windows else None
+
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, key, scale, label in ((axes[0], 'env_steps', 1.0, 'training env steps'),
+                                  (axes[1], 'elapsed_s', 1 / 60.0, 'wall time [min]')):
+        if train:
+            ax.plot([t[key] * scale for t in train], [t['success_ma'] for t in train], color='tab:blue',
+                    alpha=0.6, lw=1.2, label=f'training success (moving avg, {train_window} ep)')
+        if windows:
+            ax.plot([w[key] * scale for w in windows], [w['success_rate'] for w in windows], 'o-',
+                    color='tab:red', lw=2, ms=4, label=f'evaluation success (>= {eval_window} ep windows)')
+        if pre is not None:
+            ax.axhline(pre, ls='--', color='gray', lw=1.2, label=f'pre-trained (first eval window) {pre:.2f}')
+        ax.set_xlabel(label)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        if not rows:
+            ax.text(0.5, 0.5, 'no finished episodes yet', ha='center', va='center', transform=ax.transAxes)
+    axes[0].set_ylabel('success rate')
+    if train or windows:
+        axes[0].legend(loc='upper left', fontsize=8)
+    n_eval = sum(r['evaluation'] for r in rows)
+    fig.suptitle(title or f'{Path(csv_path).resolve().parent.name}: {len(rows)} episodes '
+                          f'({len(rows) - n_eval} training, {n_eval} evaluation)', fontsize=10)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f'.{png_path.name}.{os.getpid()}.tmp')
+    fig.savefig(tmp, format='png')
+    os.replace(tmp, png_path)  # viewers never see a half-written file
+    return dict(episodes=len(rows), eval_episodes=n_eval, eval_windows=len(windows), pretrained_success=pre,
+                last_eval_success=windows[-1]['success_rate'] if windows else None,
+                last_train_success_ma=train[-1]['success_ma'] if train else None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description='Plot the learning curve of a run from its episodes.csv')
+    ap.add_argument('csv')
+    ap.add_argument('png', nargs='?', help='default: learning_curve.png next to the CSV')
+    ap.add_argument('--train-window', type=int, default=20)
+    ap.add_argument('--eval-window', type=int, default=5)
+    a = ap.parse_args(argv)
+    png = a.png or str(Path(a.csv).with_name('learning_curve.png'))
+    print(plot_learning_curve(a.csv, png, train_window=a.train_window, eval_window=a.eval_window))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

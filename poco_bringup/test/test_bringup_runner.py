@@ -1,0 +1,308 @@
+"""The pip-only runner with real processes: log prefixes, clean Ctrl-C with SIGTERM/SIGKILL escalation,
+crash detection (non-zero exit, node named, last lines shown), per-run domain id, real rclpy nodes talking.
+Every test drives `python -m poco_bringup.runner` as a subprocess, like a user would."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from _bringup_helpers import PYTHON, Procs, make_tmp, pid_alive, private_domain, ros_env, wait_for
+from poco_bringup import runner
+
+
+@pytest.fixture
+def tmp(tmp_path_factory):
+    return make_tmp(tmp_path_factory, 'runner')
+
+
+@pytest.fixture
+def procs(tmp):
+    p = Procs()
+    yield p
+    p.cleanup(pid_dir=tmp / 'pids')
+
+
+# Plain-Python children: fast (no rclpy start-up), and their signal behaviour is under our control.
+CHILD = textwrap.dedent('''
+    import os, signal, subprocess, sys, time
+    mode, piddir = sys.argv[1], sys.argv[2]
+    open(os.path.join(piddir, mode + '.pid'), 'w').write(str(os.getpid()))
+    print(f'{mode} up domain={os.environ.get("ROS_DOMAIN_ID")} range={os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")}'
+          f' args={" ".join(sys.argv[3:])}', flush=True)
+    if mode == 'steady':  # leaves a grandchild behind in its process group
+        g = subprocess.Popen(['sleep', '300'])
+        open(os.path.join(piddir, 'grandchild.pid'), 'w').write(str(g.pid))
+        signal.signal(signal.SIGINT, lambda *a: (print('steady: clean stop', flush=True), sys.exit(0)))
+    elif mode == 'stubborn':  # ignores SIGINT, stops on SIGTERM
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    elif mode == 'hard':  # ignores SIGINT and SIGTERM: needs SIGKILL
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif mode == 'crasher':
+        time.sleep(0.5)
+        print('about to fail', flush=True)
+        print('boom: the last words', file=sys.stderr, flush=True)
+        sys.exit(3)
+    elif mode == 'quitter':
+        sys.exit(0)
+    n = 0
+    while True:
+        print(f'{mode} tick {n}', flush=True)
+        n += 1
+        time.sleep(0.2)
+''')
+
+
+def write_graph(tmp: Path, nodes: list[tuple[str, str]]) -> Path:
+    """A graph file for `run <file>.py`: (node name, child mode) pairs."""
+    (tmp / 'child.py').write_text(CHILD)
+    (tmp / 'pids').mkdir(exist_ok=True)
+    specs = ',\n'.join(
+        f'        NodeSpec(package="test", executable="{mode}", name="{name}", '
+        f'command=[sys.executable, {str(tmp / "child.py")!r}, "{mode}", {str(tmp / "pids")!r}])'
+        for name, mode in nodes)
+    path = tmp / 'graph_test.py'
+    path.write_text(f'import sys\nfrom poco_bringup.graph import NodeSpec\n\n\ndef graph(args):\n'
+                    f'    return [\n{specs},\n    ]\n')
+    return path
+
+
+def start_runner(procs, tmp, graph, *extra, env=None):
+    cmd = [PYTHON, '-m', 'poco_bringup.runner', str(graph), '--run-dir', str(tmp / 'run'), *extra]
+    p = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    env=env or ros_env(private_domain()[0]))
+    return p
+
+
+def read_pid(tmp, mode) -> int:
+    f = tmp / 'pids' / f'{mode}.pid'
+    assert wait_for(lambda: f.exists() and f.read_text().strip(), 10), f'{mode} never started'
+    return int(f.read_text())
+
+
+def test_prefixed_logs_duration_and_run_dir(procs, tmp):
+    graph = write_graph(tmp, [('alpha', 'steady'), ('b', 'steady2')])
+    p = start_runner(procs, tmp, graph, '--duration', '1.5', '--set', 'alpha.x=1')
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    lines = out.splitlines()
+    # Every child line carries its node's prefix, padded to one column.
+    assert any(re.match(r'\[alpha\] +steady up', line) for line in lines), out
+    assert any(re.match(r'\[b\] +steady2 tick', line) for line in lines), out
+    cols = {m.end() for m in (re.match(r'\[(alpha|b)\] +(?=steady)', line) for line in lines) if m}
+    assert len(cols) == 1, 'log text of the nodes does not start in one column'
+    assert 'duration of 1.5 s reached' in out
+    run = tmp / 'run'
+    assert (run / 'logs' / 'alpha.log').read_text().startswith('steady up')
+    assert '[alpha]' in (run / 'logs' / 'run.log').read_text()
+    meta = json.loads((run / 'run.json').read_text())
+    assert [n['name'] for n in meta['nodes']] == ['alpha', 'b']
+    # alpha handles SIGINT (exit 0); b dies of the default KeyboardInterrupt: both are clean stops.
+    assert [(n['exit'], n['crashed']) for n in meta['nodes']] == [(0, False), (-signal.SIGINT, False)]
+    # --set reached the node as a params file under its fully qualified name.
+    assert '/alpha:' in (run / 'params' / 'alpha.run.yaml').read_text()
+    assert '--params-file' in meta['nodes'][0]['command']
+
+
+def test_crash_is_reported_and_everything_else_stopped(procs, tmp):
+    graph = write_graph(tmp, [('steady', 'steady'), ('crasher', 'crasher')])
+    p = start_runner(procs, tmp, graph, '--duration', '60')
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 1, out
+    assert 'NODE CRASHED: crasher (exit code 3)' in out
+    assert 'crasher| boom: the last words' in out  # its last lines, shown by the runner
+    assert 'FAILED: crashed node(s): crasher' in out
+    assert 'steady: clean stop' in out  # the others got SIGINT and stopped cleanly
+    for mode in ('steady', 'grandchild'):
+        pid = read_pid(tmp, mode)
+        assert wait_for(lambda: not pid_alive(pid), 5), f'{mode} (pid {pid}) survived the runner'
+
+
+def test_ctrl_c_escalates_sigterm_then_sigkill(procs, tmp):
+    graph = write_graph(tmp, [('steady', 'steady'), ('stubborn', 'stubborn'), ('hard', 'hard')])
+    p = start_runner(procs, tmp, graph, '--sigint-timeout', '1', '--sigterm-timeout', '1')
+    pids = {m: read_pid(tmp, m) for m in ('steady', 'stubborn', 'hard', 'grandchild')}
+    time.sleep(0.5)  # let the children install their signal handlers
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)  # what Ctrl-C does to the runner
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out  # a clean user stop is a success (wrappers carry on)
+    assert time.monotonic() - t0 < 10
+    assert 'stopping: SIGINT received' in out
+    assert "still running after SIGINT: ['stubborn', 'hard'] -> SIGTERM" in out
+    assert "still running after SIGTERM: ['hard'] -> SIGKILL" in out
+    assert 'ok (needed SIGKILL)' in out
+    for mode, pid in pids.items():
+        assert not pid_alive(pid), f'{mode} (pid {pid}) still alive'
+
+
+def test_required_node_exit_stops_graph(procs, tmp):
+    graph = write_graph(tmp, [('steady', 'steady'), ('quitter', 'quitter')])
+    p = start_runner(procs, tmp, graph, '--duration', '60')
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert 'quitter exited (exit code 0)' in out
+    assert 'stopping: required node quitter exited' in out
+
+
+def test_domain_id_per_run_or_given(procs, tmp):
+    graph = write_graph(tmp, [('a', 'steady')])
+    env = ros_env(0)
+    del env['ROS_DOMAIN_ID']
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SUBNET'  # the runner must force LOCALHOST anyway
+    p = start_runner(procs, tmp, graph, '--duration', '0.5', env=env)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    meta = json.loads((tmp / 'run' / 'run.json').read_text())
+    d = meta['ros_domain_id']
+    assert meta['domain_id_source'] == 'picked for this run' and 1 <= d <= 100
+    assert f'steady up domain={d} range=LOCALHOST' in out
+    p = start_runner(procs, tmp, graph, '--duration', '0.5', '--domain-id', '42', env=env)
+    out, _ = p.communicate(timeout=30)
+    assert 'steady up domain=42 range=LOCALHOST' in out, out
+    env['ROS_DOMAIN_ID'] = '17'
+    p = start_runner(procs, tmp, graph, '--duration', '0.5', env=env)
+    out, _ = p.communicate(timeout=30)
+    assert 'steady up domain=17 range=LOCALHOST' in out, out
+
+
+def test_picked_domain_ids_are_locked():
+    d1, _, lock1 = runner.choose_domain_id(None, {})
+    try:
+        d2, _, lock2 = runner.choose_domain_id(None, {})
+        lock2.close()
+        assert d1 != d2
+    finally:
+        lock1.close()
+
+
+def test_missing_executable_starts_nothing(procs, tmp):
+    graph = tmp / 'graph_missing.py'
+    (tmp / 'child.py').write_text(CHILD)
+    (tmp / 'pids').mkdir()
+    graph.write_text(textwrap.dedent(f'''
+        import sys
+        from poco_bringup.graph import NodeSpec
+        def graph(args):
+            return [NodeSpec("test", "steady", "ok", command=[sys.executable, {str(tmp / "child.py")!r},
+                                                            "steady", {str(tmp / "pids")!r}]),
+                    NodeSpec("no_such_package_xyz", "nope", "missing")]
+    '''))
+    p = start_runner(procs, tmp, graph)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 2, out
+    assert "package 'no_such_package_xyz' not found" in out
+    assert not (tmp / 'pids' / 'steady.pid').exists()
+
+
+def test_parse_duration():
+    assert runner.parse_duration('90') == 90
+    assert runner.parse_duration('30m') == 1800
+    assert runner.parse_duration('1.5h') == 5400
+    assert runner.parse_duration(None) is None and runner.parse_duration('0') is None
+    with pytest.raises(runner.UsageError):
+        runner.parse_duration('ten minutes')
+
+
+# ----------------------------------------------------------------------------- real rclpy nodes
+TALKER = textwrap.dedent('''
+    import sys, rclpy
+    from rclpy.node import Node
+    from std_msgs.msg import String
+    rclpy.init(args=sys.argv)
+    node = Node('talker_default_name')  # the runner renames it with -r __node:=
+    greeting = node.declare_parameter('greeting', 'default').value
+    rate = node.declare_parameter('rate_hz', 1.0).value
+    pub = node.create_publisher(String, 'chatter', 10)
+    n = [0]
+    def tick():
+        m = String(); m.data = f'{greeting} {n[0]}'; n[0] += 1; pub.publish(m)
+    node.create_timer(1.0 / rate, tick)
+    print(f'talker is {node.get_fully_qualified_name()} greeting={greeting} rate={rate}', flush=True)
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    rclpy.try_shutdown()
+''')
+LISTENER = textwrap.dedent('''
+    import sys, rclpy
+    from rclpy.node import Node
+    from std_msgs.msg import String
+    rclpy.init(args=sys.argv)
+    node = Node('listener')
+    heard = []
+    def cb(m):
+        heard.append(m.data); print(f'heard: {m.data}', flush=True)
+    node.create_subscription(String, 'chatter', cb, 10)
+    while rclpy.ok() and len(heard) < 3:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    rclpy.try_shutdown()  # done: a required node exiting ends the run
+''')
+
+
+def test_rclpy_talker_listener_through_the_runner(procs, tmp):
+    (tmp / 'talker.py').write_text(TALKER)
+    (tmp / 'listener.py').write_text(LISTENER)
+    (tmp / 'talk.yaml').write_text('/**/talker:\n  ros__parameters:\n    greeting: hello\n    rate_hz: 5.0\n')
+    graph = tmp / 'graph_ros.py'
+    graph.write_text(textwrap.dedent(f'''
+        import sys
+        from poco_bringup.graph import NodeSpec
+        def graph(args):
+            params = [{str(tmp / 'talk.yaml')!r}, *args.params_files]
+            return [NodeSpec('test', 'talker', 'talker', namespace=args.namespace, parameters=params,
+                             command=[sys.executable, {str(tmp / 'talker.py')!r}]),
+                    NodeSpec('test', 'listener', 'listener', namespace=args.namespace,
+                             command=[sys.executable, {str(tmp / 'listener.py')!r}])]
+    '''))
+    extra = tmp / 'extra.yaml'
+    extra.write_text('/**/talker:\n  ros__parameters:\n    rate_hz: 10.0\n')
+    p = start_runner(procs, tmp, graph, '--namespace', 'bot1', '--params-file', str(extra),
+                     '--set', 'talker.greeting=hi there', '--duration', '60')
+    out, _ = p.communicate(timeout=90)
+    assert p.returncode == 0, out
+    # Renamed + namespaced, YAML < extra params file < --set, like ros2 launch.
+    assert re.search(r'^\[talker\] +talker is /bot1/talker greeting=hi there rate=10.0$', out, re.M), out
+    assert re.search(r'^\[listener\] heard: hi there', out, re.M), out
+    assert 'stopping: required node listener exited' in out
+    eff = (tmp / 'run' / 'params' / 'talker.effective.yaml').read_text()
+    assert '/bot1/talker:' in eff and 'greeting: hi there' in eff and 'rate_hz: 10.0' in eff
+
+
+def test_run_sim_script_dry_run(tmp):
+    """scripts/run_sim.sh (`make run`): demos go to the run dir and the learner is pointed at them."""
+    from _bringup_helpers import REPO
+    env = ros_env(private_domain()[0])
+    r = subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--dry-run', '--run-dir', str(tmp / 'r'),
+                        '--obs-mode', 'state', '--episodes', '4', '--', '--set', 'learner.pretrain_steps=10'],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f'collect_demos --task pick_cube --obs-mode state --episodes 4 --out {tmp}/r/demos' in r.stdout
+    learner = (tmp / 'r' / 'params' / 'learner.run.yaml').read_text()
+    assert f'demo_dataset: {tmp}/r/demos' in learner and 'pretrain_steps: 10' in learner
+    assert 'duration 1800 s' in r.stdout  # default 30 min
+    assert f'results in {tmp}/r' in r.stdout
+    h = subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--help'], capture_output=True, text=True)
+    assert h.returncode == 0 and '--duration' in h.stdout and 'set -euo' not in h.stdout
+
+
+def test_exec_failure_stops_the_started_nodes(procs, tmp):
+    graph = write_graph(tmp, [('steady', 'steady')])
+    bad = tmp / 'not_executable.sh'
+    bad.write_text('echo never\n')  # no x bit: exec fails after `steady` is already running
+    bad_spec = f'        NodeSpec("test", "bad", "bad", command=[{str(bad)!r}]),\n'
+    graph.write_text(graph.read_text().replace('    ]\n', bad_spec + '    ]\n'))
+    p = start_runner(procs, tmp, graph, '--duration', '60')
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 2, out
+    assert 'could not start a node' in out and re.search(r'bad +not started', out)
+    pid = int(re.search(r'started steady \(pid (\d+)\)', out).group(1))
+    assert not pid_alive(pid)

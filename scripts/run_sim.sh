@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The sim main job (`make run ARGS="..."`): scripted demos -> offline pre-training -> online POCO
+# fine-tuning in MuJoCo, with a progress line, episodes.csv / learner.csv and learning_curve.png.
+#
+#   bash scripts/run_sim.sh [--duration 30m] [--task pick_cube|peg_insert] [--obs-mode pixels|state]
+#                           [--episodes 30] [--noise 0.1] [--seed 0] [--algorithm poco] [--run-dir DIR]
+#                           [--demos DIR] [--dry-run] [-- <more `run sim` options, e.g. --set node.p=v>]
+# Each option also reads an environment variable: DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM
+# RUN_DIR DEMOS. --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and
+# still prints where the results are.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${DURATION:-30m}"
+TASK="${TASK:-pick_cube}"
+OBS_MODE="${OBS_MODE:-pixels}"
+EPISODES="${EPISODES:-30}"
+NOISE="${NOISE:-0.1}"
+SEED="${SEED:-0}"
+ALGORITHM="${ALGORITHM:-poco}"
+RUN_DIR="${RUN_DIR:-}"
+DEMOS="${DEMOS:-}"
+DRY_RUN=0
+EXTRA=()
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
+need() { [ "$#" -ge 2 ] && [ -n "$2" ] || { echo "run_sim: $1 needs a value" >&2; exit 2; }; }
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --duration)  need "$@"; DURATION="$2"; shift 2 ;;
+    --task)      need "$@"; TASK="$2"; shift 2 ;;
+    --obs-mode)  need "$@"; OBS_MODE="$2"; shift 2 ;;
+    --episodes)  need "$@"; EPISODES="$2"; shift 2 ;;
+    --noise)     need "$@"; NOISE="$2"; shift 2 ;;
+    --seed)      need "$@"; SEED="$2"; shift 2 ;;
+    --algorithm) need "$@"; ALGORITHM="$2"; shift 2 ;;
+    --run-dir)   need "$@"; RUN_DIR="$2"; shift 2 ;;
+    --demos)     need "$@"; DEMOS="$2"; shift 2 ;;
+    --dry-run)   DRY_RUN=1; shift ;;
+    -h|--help)   usage; exit 0 ;;
+    --)          shift; EXTRA+=("$@"); break ;;
+    *)           EXTRA+=("$1"); shift ;;  # anything else goes to `run sim` (e.g. --set x.y=z)
+  esac
+done
+
+# env.sh: venv + built workspace, loopback-only discovery, a ROS_DOMAIN_ID for this shell (so this run).
+set +u
+# shellcheck disable=SC1091
+source scripts/env.sh
+set -u
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+
+RUN_DIR="${RUN_DIR:-runs/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$RUN_DIR"
+RUN_DIR="$(cd "$RUN_DIR" && pwd)"
+say() { echo "[run_sim] $*"; }
+say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM duration=$DURATION"
+
+# 1) scripted demonstrations (the sim's expert with noise), unless a dataset was given
+if [ -z "$DEMOS" ]; then
+  DEMOS="$RUN_DIR/demos"
+  COLLECT=(install/poco_sim/lib/poco_sim/collect_demos --task "$TASK" --obs-mode "$OBS_MODE"
+           --episodes "$EPISODES" --out "$DEMOS" --noise "$NOISE" --seed "$SEED")
+  say "collecting $EPISODES scripted demos: ${COLLECT[*]}"
+  if [ "$DRY_RUN" = 1 ]; then
+    say "(dry run: not collecting)"
+  else
+    "${COLLECT[@]}" 2>&1 | sed -u 's/^/[collect_demos] /'
+    [ "${PIPESTATUS[0]}" = 0 ] || { say "ERROR: demo collection failed"; exit 1; }
+  fi
+else
+  [ -d "$DEMOS" ] || { say "ERROR: --demos $DEMOS is not a directory"; exit 2; }
+  DEMOS="$(cd "$DEMOS" && pwd)"
+  say "using existing demos $DEMOS"
+fi
+
+# 2) the graph: sim + policy + learner (pre-trains on the demos, then fine-tunes online) + monitor
+RUN=(install/poco_bringup/lib/poco_bringup/run sim --duration "$DURATION" --run-dir "$RUN_DIR"
+     --task "$TASK" --obs-mode "$OBS_MODE" --algorithm "$ALGORITHM" --seed "$SEED" --demo-dataset "$DEMOS")
+[ "$DRY_RUN" = 1 ] && RUN+=(--dry-run)
+RUN+=(${EXTRA[@]+"${EXTRA[@]}"})
+say "starting: ${RUN[*]}"
+set +e
+"${RUN[@]}"  # Ctrl-C reaches the runner, which stops every node and returns normally
+rc=$?
+set -e
+
+# 3) where the results are (also after Ctrl-C)
+if [ -f "$RUN_DIR/episodes.csv" ] && [ ! -f "$RUN_DIR/learning_curve.png" ]; then
+  python -m poco_bringup.plotting "$RUN_DIR/episodes.csv" "$RUN_DIR/learning_curve.png" >/dev/null 2>&1 || true
+fi
+say "results in $RUN_DIR:"
+for f in episodes.csv learner.csv learning_curve.png logs params run.json; do
+  if [ -e "$RUN_DIR/$f" ]; then say "  $RUN_DIR/$f"; fi
+done
+[ "$rc" = 0 ] || say "the run failed (exit $rc): see the [runner] lines above and $RUN_DIR/logs"
+exit "$rc"

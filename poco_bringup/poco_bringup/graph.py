@@ -254,6 +254,7 @@ def real_graph(**kw) -> list[NodeSpec]:
     if a.obs_mode != 'pixels':
         raise ValueError('the real robot has no privileged state: obs_mode must be "pixels"')
     files = _config_files(a)
+    files.insert(len(BASE_CONFIGS), config_file('real.yaml'))  # real-robot episode handling, before user files
     specs = [
         _node('poco_policy', 'policy_node', 'policy', a, files),
         _node('poco_learner', 'learner_node', 'learner', a, files),

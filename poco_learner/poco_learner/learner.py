@@ -41,6 +41,7 @@ class Learner:
         self.losses: dict[str, float] = {}
         self._ups = 0.0
         self._stop = threading.Event()
+        self._published_once = False
         self._thread: Optional[threading.Thread] = None
         self._pending: list[tuple] = []  # messages that arrived before the buffer existed
         self._last_ckpt = time.monotonic()
@@ -128,6 +129,9 @@ class Learner:
             self.log('info', f'starting from pre-trained checkpoint {self.cfg.initial_checkpoint}')
         else:
             self.agent = Agent(self._agent_config(obs_dim))
+        vfile = self.run_dir / 'weights_version'
+        if vfile.exists():  # versions only grow, even across crashes between checkpoints
+            self.state['weights_version'] = max(self.state['weights_version'], int(vfile.read_text() or 0))
         if self.agent.cfg.obs_dim != obs_dim:
             raise ValueError(f'agent obs_dim {self.agent.cfg.obs_dim} != data obs_dim {obs_dim}')
         self.assembler = EpisodeAssembler(
@@ -196,8 +200,11 @@ class Learner:
         with self.agent_lock:
             payload, meta = weights_to_bytes(self.agent.actor)
         self.state['weights_version'] += 1
+        self._published_once = True
         meta['update_step'] = self.state['online_updates']
         meta['phase'] = self.state['phase']
+        # persist the version now: after a crash the next version must still be newer than what robots run
+        self._atomic_text(self.run_dir / 'weights_version', str(self.state['weights_version']))
         if self.publish_fn is not None:
             self.publish_fn(self.state['weights_version'], payload, meta)
         self.log('info', f"published weights v{self.state['weights_version']} ({self.state['phase']}, "
@@ -239,9 +246,12 @@ class Learner:
                     st['online_steps_at_start'] = self._online_steps()
                     self.checkpoint()
             else:
-                if st['weights_version'] == 0:
-                    self._publish()  # resumed/pre-trained elsewhere: the robot needs weights to act
-                    st['online_steps_at_start'] = self._online_steps()
+                if not self._published_once:
+                    # resumed / pre-trained elsewhere: (re)announce the weights so robots can act
+                    first = st['weights_version'] == 0
+                    self._publish()
+                    if first:
+                        st['online_steps_at_start'] = self._online_steps()
                 warm = st['warmup_done'] < a.critic_warmup_steps
                 # update-to-data pacing: never more updates than utd_ratio x new online steps (+ warm-up)
                 new_steps = self._online_steps() - st['online_steps_at_start']
@@ -276,13 +286,20 @@ class Learner:
         Path(self.ckpt_prefix).parent.mkdir(parents=True, exist_ok=True)
         with self.agent_lock:
             self.agent.save(self.ckpt_prefix)
-        tmp = self.run_dir / 'learner_state.json.tmp'
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.run_dir / 'learner_state.json')
+        self._write_state()
         if self.buffer is not None:
             with self.lock:
                 self.buffer.flush()
         self._last_ckpt = time.monotonic()
+
+    def _write_state(self):
+        self._atomic_text(self.run_dir / 'learner_state.json', json.dumps(self.state, indent=1))
+
+    @staticmethod
+    def _atomic_text(path: Path, text: str):
+        tmp = path.with_name(path.name + '.tmp')
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
     def buffer_len(self) -> int:
         return len(self.buffer) if self.buffer is not None else 0

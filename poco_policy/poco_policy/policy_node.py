@@ -57,7 +57,11 @@ class PolicyNodeConfig:
     staleness_s: float = 0.5            # inputs older than this -> hold position (watchdog)
     max_episode_steps: int = 100        # H: timeout
     auto_reset: bool = True             # sim: reset and start the next episode automatically
+    reset_mode: str = 'service'         # 'service': call poco/reset (sim); 'home': drive to home_pose (real)
+    home_pose: tuple = (0.0, 0.41, 1.89, 0.0, 0.84, 0.0)
+    home_tolerance: float = 0.02        # rad: home reached
     eval_every: int = 5                 # every k-th episode is an evaluation episode (0 = never)
+    initial_eval_episodes: int = 0      # the first n episodes evaluate the starting (pre-trained) policy
     mode: str = 'train'                 # 'train' | 'eval' | 'hold'
     initial_weights: str = ''           # actor safetensors to start from ('' = wait for the learner)
     reset_timeout_s: float = 10.0
@@ -113,6 +117,7 @@ class PolicyNode(Node):
         self.step = 0
         self.success_flag = False
         self.last_cmd: Optional[np.ndarray] = None
+        self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions
         self.tick_times: list[float] = []
 
         fast = MutuallyExclusiveCallbackGroup()  # e-stop and success must not wait behind a slow tick
@@ -140,6 +145,8 @@ class PolicyNode(Node):
         self.reset_client = self.create_client(Reset, 'poco/reset')
         self.create_service(SetMode, 'poco/set_mode', self.on_set_mode)
         self.create_service(Trigger, 'poco/start_episode', self.on_start_episode)
+        # operator's start button (real robot): same as the service
+        self.create_subscription(Bool, 'poco/start', self.on_start_button, RELIABLE, callback_group=fast)
         self._reset_future = None
         self._reset_started = 0.0
 
@@ -161,6 +168,7 @@ class PolicyNode(Node):
             return
         self.q, self.gripper = q, g
         self.stamps['joint_states'] = time.monotonic()
+        self.obs_stamp = msg.header.stamp
 
     def on_image(self, cam: str, msg: Image):
         try:
@@ -236,6 +244,12 @@ class PolicyNode(Node):
                 resp.success, resp.message = True, 'resetting'
         return resp
 
+    def on_start_button(self, msg: Bool):
+        if msg.data:
+            with self._lock:
+                if not self.estop and self.phase in ('idle', 'ended', 'halted'):
+                    self._request_reset()
+
     # ---------------------------------------------------------------- helpers
     def _load_initial(self, path: str):
         """Start from an actor file (safetensors + JSON metadata sidecar), e.g. from offline pre-training."""
@@ -304,7 +318,7 @@ class PolicyNode(Node):
 
     def _publish_transition(self, feats, proprio, action_phys, intervention: bool, chunk_step: int):
         t = Transition()
-        t.header.stamp = self.get_clock().now().to_msg()
+        t.header.stamp = self.obs_stamp or self.get_clock().now().to_msg()
         t.episode_id, t.step_index, t.chunk_step = self.episode_id, self.step, chunk_step
         t.features = feats.tolist()
         t.proprio = proprio.tolist()
@@ -312,21 +326,48 @@ class PolicyNode(Node):
         t.action = [] if action_phys is None else [float(x) for x in action_phys]
         t.intervention = intervention
         t.policy_version = self.runner.version
-        t.action_stamp = t.header.stamp
+        t.action_stamp = self.get_clock().now().to_msg()
         self.transition_pub.publish(t)
 
     def _request_reset(self):
+        if self.cfg.reset_mode == 'home':
+            self._choose_mode()
+            self.phase = 'homing'
+            self.success_flag = False
+            return
         if not self.reset_client.service_is_ready():
             self.get_logger().warn('reset service poco/reset not available yet', throttle_duration_sec=5.0)
             self.phase = 'idle'
             return
-        self.episodes_started += 1
-        k = self.cfg.eval_every
-        self.evaluation = self.cfg.mode == 'eval' or (k > 0 and self.episodes_started % k == 0)
+        self._choose_mode()
         self._reset_future = self.reset_client.call_async(Reset.Request(seed=-1, evaluation=self.evaluation))
         self._reset_started = time.monotonic()
         self.phase = 'resetting'
         self.success_flag = False
+
+    def _choose_mode(self):
+        self.episodes_started += 1
+        k = self.cfg.eval_every
+        self.evaluation = (self.cfg.mode == 'eval' or self.episodes_started <= self.cfg.initial_eval_episodes
+                           or (k > 0 and self.episodes_started % k == 0))
+
+    def _begin_episode(self):
+        self.episode_id += 1
+        self.step, self.success_flag = 0, False
+        self.runner.drop_chunk()
+        self.phase = 'running'
+        self._event(EpisodeEvent.START, 'evaluation' if self.evaluation else 'train')
+
+    def _home_tick(self):
+        """Drive to the home pose at the per-tick speed limit; start the episode once there."""
+        if self.q is None or self.safety.stale({'joint_states': self.stamps['joint_states']}):
+            return
+        err = np.asarray(self.cfg.home_pose, np.float64) - self.q
+        if np.max(np.abs(err)) < self.cfg.home_tolerance:
+            self._begin_episode()
+            return
+        step = np.clip(err, -self.cfg.max_joint_delta, self.cfg.max_joint_delta)
+        self._send(self.safety.clamp_targets(self.q + step), 1.0)  # gripper open while homing
 
     def _publish_box(self):
         m = Marker()
@@ -346,7 +387,7 @@ class PolicyNode(Node):
 
     def _publish_chunk(self, chunk_norm: np.ndarray, chunk_phys: np.ndarray):
         msg = ActionChunk()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self.obs_stamp or self.get_clock().now().to_msg()
         msg.header.frame_id = 'base_link'
         msg.policy_version, msg.episode_id, msg.step_index = self.runner.version, self.episode_id, self.step
         msg.horizon, msg.action_dim = chunk_phys.shape
@@ -397,14 +438,13 @@ class PolicyNode(Node):
                     self.get_logger().error(f'reset failed: {getattr(res, "message", "no response")}')
                     self.phase = 'idle'
                     return
-                self.episode_id += 1
-                self.step, self.success_flag = 0, False
-                self.runner.drop_chunk()
-                self.phase = 'running'
-                self._event(EpisodeEvent.START, 'evaluation' if self.evaluation else 'train')
+                self._begin_episode()
             elif time.monotonic() - self._reset_started > cfg.reset_timeout_s:
                 self.get_logger().error('reset timed out; retrying')
                 self.phase = 'idle'
+            return
+        if self.phase == 'homing':
+            self._home_tick()
             return
         if self.phase in ('idle', 'ended'):
             if cfg.mode == 'hold' or not self.runner.ready:

@@ -101,7 +101,7 @@ def test_every_section_targets_a_graph_node(name):
 def test_every_yaml_is_used_by_the_graph():
     used = set()
     for task, algo in combos():
-        for s in graph.sim_graph(task=task, algorithm=algo):
+        for s in graph.sim_graph(task=task, algorithm=algo) + graph.real_graph(task=task, algorithm=algo):
             used |= {Path(p).name for p in s.parameters if isinstance(p, str)}
     assert used == set(YAMLS)
 

@@ -149,7 +149,7 @@ def test_sim_loop_learns_publishes_swaps_estops_and_resumes(tmp_path, demos):
         assert not late, f'{len(late)} commands after the e-stop'
         assert any(e.event == EpisodeEvent.ESTOP for e in w.events)
         q_after = [q for t, q in w.joints if t > t_stop + 0.5]
-        assert q_after and max(abs(a - b) for a, b in zip(q_after[0][:6], q_after[-1][:6])) < 1e-3
+        assert q_after and max(abs(a - b) for a, b in zip(q_after[0][:6], q_after[-1][:6])) < 1e-2  # settling only, no motion
         # release; the sim graph resets and goes on
         w.estop_pub.publish(Bool(data=False))
         n_events = len(w.events)

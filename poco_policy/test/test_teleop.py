@@ -1,0 +1,305 @@
+"""Teleop: key / Joy -> joint deltas + gripper mapping (no ROS), and the node publishing teleop/action."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from poco_policy.teleop_node import JOINT_KEYS, TeleopConfig, TeleopMapper
+
+MAX = 0.05
+
+
+def mapper(**kw) -> TeleopMapper:
+    return TeleopMapper(TeleopConfig(max_joint_delta=MAX, **kw))
+
+
+# ------------------------------------------------------------------------------------------------ keyboard
+def test_nothing_until_intervention_toggled():
+    m = mapper()
+    m.on_key('q')
+    assert m.tick(0.0) is None and not m.intervening
+    assert m.on_key(' ') == 'intervention ON'
+    a = m.tick(0.1)
+    assert a is not None and a.shape == (7,) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[:6], 0.0)  # the press before intervening is not replayed
+    assert m.on_key(' ') == 'intervention off'
+    assert m.tick(0.2) is None
+
+
+@pytest.mark.parametrize('key,joint,sign', [('q', 0, 1), ('a', 0, -1), ('w', 1, 1), ('s', 1, -1),
+                                            ('e', 2, 1), ('d', 2, -1), ('r', 3, 1), ('f', 3, -1),
+                                            ('t', 4, 1), ('g', 4, -1), ('y', 5, 1), ('h', 5, -1)])
+def test_each_key_moves_its_joint(key, joint, sign):
+    m = mapper(key_step=0.5)
+    m.on_key(' ')
+    m.on_key(key)
+    a = m.tick(0.0)
+    want = np.zeros(6)
+    want[joint] = sign * 0.5 * MAX
+    np.testing.assert_allclose(a[:6], want, atol=1e-7)
+    # consumed: the next tick does not move again
+    np.testing.assert_array_equal(m.tick(0.1)[:6], 0.0)
+
+
+def test_key_presses_accumulate_but_are_bounded_and_excess_dropped():
+    m = mapper(key_step=0.5)
+    m.on_key(' ')
+    for _ in range(10):
+        m.on_key('e')
+    a = m.tick(0.0)
+    assert a[2] == pytest.approx(MAX)       # clipped to max_joint_delta
+    assert m.tick(0.1)[2] == 0.0            # the 4x excess does not leak into later ticks
+    m.on_key('q'), m.on_key('a')            # opposite presses cancel
+    assert m.tick(0.2)[0] == 0.0
+    assert len(JOINT_KEYS) == 12
+
+
+def test_speed_keys_scale_steps():
+    m = mapper(key_step=0.2)
+    m.on_key(' ')
+    m.on_key('+')
+    m.on_key('w')
+    assert m.tick(0.0)[1] == pytest.approx(0.2 * 1.5 * MAX)
+    m.on_key('-'), m.on_key('-')
+    m.on_key('w')
+    assert m.tick(0.1)[1] == pytest.approx(0.2 / 1.5 * MAX)
+
+
+def test_gripper_keys_and_start_from_measured_opening():
+    m = mapper(gripper_initial=1.0)
+    m.set_measured_gripper(0.3)
+    m.on_key(' ')
+    assert m.tick(0.0)[6] == pytest.approx(0.3)  # no jump when taking over
+    m.on_key('c')
+    assert m.tick(0.1)[6] == 0.0
+    m.on_key('o')
+    assert m.tick(0.2)[6] == 1.0
+    m2 = mapper(gripper_initial=0.7)
+    m2.on_key(' ')
+    assert m2.tick(0.0)[6] == pytest.approx(0.7)  # never saw joint_states
+
+
+# ------------------------------------------------------------------------------------------------ Joy
+def joy_axes(n=8, **vals):
+    a = [0.0] * n
+    for k, v in vals.items():
+        a[int(k[1:])] = v
+    return a
+
+
+def test_joy_axes_map_to_joint_deltas_with_deadzone_and_scale():
+    m = mapper(joy_axes=(0, 1, 3, 4, 6, -1), joy_scales=(1.0, -1.0, 0.5, 1.0, 1.0, 1.0), joy_deadzone=0.1,
+               joy_toggle_button=4)
+    buttons = [0] * 8
+    buttons[4] = 1
+    m.on_joy(joy_axes(a0=1.0, a1=1.0, a3=0.55, a4=0.05, a6=-1.0, a7=1.0), buttons, now=0.0)
+    assert m.intervening
+    a = m.tick(0.05)
+    np.testing.assert_allclose(a[:6], [MAX, -MAX, 0.5 * 0.5 * MAX, 0.0, -MAX, 0.0], atol=1e-7)
+    # a level, not an impulse: acts every tick while deflected
+    np.testing.assert_allclose(m.tick(0.1)[:6], a[:6])
+    # Joy messages stop (driver died): released after joy_timeout_s
+    assert np.all(m.tick(0.05 + 1.0)[:6] == 0.0)
+
+
+def test_joy_output_is_bounded_even_with_large_scales():
+    m = mapper(joy_scales=(5.0,) * 6, joy_toggle_button=4)
+    b = [0] * 8
+    b[4] = 1
+    m.on_joy([1.0, -1.0, 0, 1.0, 1.0, 0, 1.0, 1.0], b, 0.0)
+    a = m.tick(0.0)
+    assert np.all(np.abs(a[:6]) <= MAX + 1e-9) and np.abs(a[:6]).max() == pytest.approx(MAX)
+
+
+def test_joy_toggle_is_edge_triggered_and_gripper_buttons():
+    m = mapper(joy_toggle_button=4, joy_gripper_open_button=0, joy_gripper_close_button=1)
+    held = [0, 0, 0, 0, 1, 0]
+    for t in range(5):                          # button held over several messages: one toggle
+        m.on_joy([0.0] * 8, held, t * 0.05)
+    assert m.intervening
+    m.on_joy([0.0] * 8, [0, 1, 0, 0, 0, 0], 0.3)  # release toggle, press close
+    assert m.intervening and m.tick(0.3)[6] == 0.0
+    m.on_joy([0.0] * 8, [1, 0, 0, 0, 0, 0], 0.35)
+    assert m.tick(0.35)[6] == 1.0
+    m.on_joy([0.0] * 8, held, 0.4)               # second press: off
+    assert not m.intervening and m.tick(0.4) is None
+
+
+def test_joy_deadman_and_analog_gripper():
+    m = mapper(joy_toggle_button=-1, joy_deadman_button=5, joy_gripper_axis=2)
+    m.on_joy([0.0, 0.0, -1.0], [0] * 6, 0.0)
+    assert m.tick(0.0) is None
+    m.on_joy([0.0, 0.0, 0.0], [0, 0, 0, 0, 0, 1], 0.1)
+    assert m.intervening and m.tick(0.1)[6] == pytest.approx(0.5)
+    m.on_joy([0.0, 0.0, 1.0], [0, 0, 0, 0, 0, 0], 0.2)   # dead-man released: stop at once
+    assert m.tick(0.2) is None
+
+
+def test_short_or_nan_joy_messages_are_harmless():
+    m = mapper(joy_toggle_button=0)
+    m.on_joy([float('nan')], [1], 0.0)
+    a = m.tick(0.0)
+    assert a is not None and np.all(np.isfinite(a)) and np.all(a[:6] == 0.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        TeleopMapper(TeleopConfig(max_joint_delta=0.0))
+    with pytest.raises(ValueError):
+        TeleopMapper(TeleopConfig(joy_axes=(0, 1)))
+
+
+# ------------------------------------------------------------------------------------------------ the node
+def test_teleop_node_publishes_actions_while_intervening():
+    """teleop_node (own process, no TTY -> Joy only): toggle via Joy, deflect an axis, receive teleop/action."""
+    rclpy = pytest.importorskip('rclpy')
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Joy
+    from poco_msgs.msg import ActionChunk
+
+    domain = random.SystemRandom().randint(1, 100)
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = rclpy.create_node('teleop_test', context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    log = tempfile.TemporaryFile('w+')
+    proc = subprocess.Popen([sys.executable, '-m', 'poco_policy.teleop_node', '--ros-args', '-p',
+                             'max_joint_delta:=0.04', '-p', 'joy_toggle_button:=4'],
+                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    got: list = []
+    try:
+        node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
+        joy_pub = node.create_publisher(Joy, '/joy', qos_profile_sensor_data)
+
+        def spin_until(pred, timeout, what):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if pred():
+                    return
+                assert proc.poll() is None, 'teleop_node died'
+                ex.spin_once(timeout_sec=0.02)
+            raise AssertionError(f'timed out waiting for {what}')
+
+        spin_until(lambda: joy_pub.get_subscription_count() > 0, 30, 'teleop_node to subscribe to joy')
+        spin_until(lambda: node.count_publishers('/teleop/action') > 0, 10, 'the teleop/action publisher')
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:      # not intervening: nothing published
+            ex.spin_once(timeout_sec=0.02)
+        assert not got
+
+        def joy(axes, buttons):
+            m = Joy()
+            m.axes, m.buttons = [float(x) for x in axes], buttons
+            joy_pub.publish(m)
+
+        joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle on
+        joy([0.0] * 8, [0] * 8)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (got and got[-1].data[0] > 0.03):
+            joy([1.0] + [0.0] * 7, [0] * 8)            # keep the axis deflected (a level)
+            for _ in range(3):
+                ex.spin_once(timeout_sec=0.02)
+        assert got, 'no teleop/action received'
+        m = got[-1]
+        assert m.horizon == 1 and m.action_dim == 7 and len(m.data) == 7
+        assert m.data[0] == pytest.approx(0.04) and all(abs(x) <= 0.04 + 1e-6 for x in m.data[:6])
+        # rate: ~15 Hz while intervening
+        n0, t0 = len(got), time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            joy([1.0] + [0.0] * 7, [0] * 8)
+            ex.spin_once(timeout_sec=0.03)
+        rate = (len(got) - n0) / (time.monotonic() - t0)
+        assert 10 <= rate <= 20, rate
+        joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle off: publications stop
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.4:
+            ex.spin_once(timeout_sec=0.02)
+        n1 = len(got)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:
+            ex.spin_once(timeout_sec=0.02)
+        assert len(got) == n1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+
+
+def test_teleop_node_keyboard_in_a_terminal():
+    """teleop_node with a pseudo-terminal as stdin: space toggles, 'q' moves joint 1, Ctrl-C-free exit restores."""
+    rclpy = pytest.importorskip('rclpy')
+    import pty
+    from rclpy.executors import SingleThreadedExecutor
+    from poco_msgs.msg import ActionChunk
+
+    domain = random.SystemRandom().randint(1, 100)
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = rclpy.create_node('teleop_kb_test', context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    master, slave = pty.openpty()
+    log = tempfile.TemporaryFile('w+')
+    proc = subprocess.Popen([sys.executable, '-m', 'poco_policy.teleop_node', '--ros-args', '-p',
+                             'max_joint_delta:=0.04', '-p', 'key_step:=0.5'],
+                            env=env, stdin=slave, stdout=log, stderr=subprocess.STDOUT)
+    os.close(slave)
+    got: list = []
+    try:
+        node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
+        deadline = time.monotonic() + 30
+        while node.count_publishers('/teleop/action') == 0:
+            assert time.monotonic() < deadline and proc.poll() is None, 'teleop_node did not come up'
+            ex.spin_once(timeout_sec=0.05)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:   # discovery of our subscription by the node
+            ex.spin_once(timeout_sec=0.02)
+        os.write(master, b' ')
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(m.data[0] > 0 for m in got):
+            os.write(master, b'q')
+            for _ in range(3):
+                ex.spin_once(timeout_sec=0.02)
+        assert any(m.data[0] == pytest.approx(0.02) for m in got), [list(m.data) for m in got[-3:]]
+        os.write(master, b' ')
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.4:
+            ex.spin_once(timeout_sec=0.02)
+        n1 = len(got)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.4:
+            ex.spin_once(timeout_sec=0.02)
+        assert len(got) == n1, 'still publishing after toggling off'
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        os.close(master)
+        log.close()
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()

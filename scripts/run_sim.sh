@@ -3,7 +3,7 @@
 # fine-tuning in MuJoCo, with a progress line, episodes.csv / learner.csv and learning_curve.png.
 #
 #   bash scripts/run_sim.sh [--duration 30m] [--task pick_cube|peg_insert] [--obs-mode pixels|state]
-#                           [--episodes 30] [--noise 0.1] [--seed 0] [--algorithm poco] [--run-dir DIR]
+#                           [--episodes 30] [--noise noisy|STD] [--seed 0] [--algorithm poco] [--run-dir DIR]
 #                           [--demos DIR] [--dry-run] [-- <more `run sim` options, e.g. --set node.p=v>]
 # Each option also reads an environment variable: DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM
 # RUN_DIR DEMOS. --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and
@@ -14,9 +14,9 @@ cd "$ROOT"
 
 DURATION="${DURATION:-30m}"
 TASK="${TASK:-pick_cube}"
-OBS_MODE="${OBS_MODE:-pixels}"
+OBS_MODE="${OBS_MODE:-state}"  # state: privileged sim state (fast on 2 CPU cores); pixels: the cameras
 EPISODES="${EPISODES:-30}"
-NOISE="${NOISE:-0.1}"
+NOISE="${NOISE:-noisy}"  # "noisy" = the task's noisy-demo preset (~70 % expert success)
 SEED="${SEED:-0}"
 ALGORITHM="${ALGORITHM:-poco}"
 RUN_DIR="${RUN_DIR:-}"
@@ -61,7 +61,8 @@ say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM durati
 if [ -z "$DEMOS" ]; then
   DEMOS="$RUN_DIR/demos"
   COLLECT=(install/poco_sim/lib/poco_sim/collect_demos --task "$TASK" --obs-mode "$OBS_MODE"
-           --episodes "$EPISODES" --out "$DEMOS" --noise "$NOISE" --seed "$SEED")
+           --episodes "$EPISODES" --out "$DEMOS" --seed "$SEED")
+  if [ "$NOISE" = noisy ]; then COLLECT+=(--noisy); else COLLECT+=(--noise "$NOISE"); fi
   say "collecting $EPISODES scripted demos: ${COLLECT[*]}"
   if [ "$DRY_RUN" = 1 ]; then
     say "(dry run: not collecting)"

@@ -483,7 +483,9 @@ class PolicyNode(Node):
         else:
             if self.runner.needs_chunk():
                 obs = np.concatenate([feats, proprio])
-                chunk = self.runner.new_chunk(obs, deterministic=self.evaluation)
+                # the initial evaluation block measures the starting policy: no swaps until it is over
+                frozen = self.episodes_started <= cfg.initial_eval_episodes
+                chunk = self.runner.new_chunk(obs, deterministic=self.evaluation, allow_swap=not frozen)
                 self._publish_chunk(chunk, self.scaler.denormalize(chunk))
             a_norm, chunk_step = self.runner.next_action()
             action_phys = self.scaler.denormalize(a_norm[None])[0]

@@ -92,8 +92,9 @@ class ChunkRunner:
     def needs_chunk(self) -> bool:
         return self.chunk is None or self.index >= len(self.chunk)
 
-    def new_chunk(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        self.swap_if_pending()
+    def new_chunk(self, obs: np.ndarray, deterministic: bool, allow_swap: bool = True) -> np.ndarray:
+        if allow_swap or self.policy is None:
+            self.swap_if_pending()
         if self.policy is None:
             raise RuntimeError('no policy weights yet')
         chunk = np.asarray(self._sample(self.policy, obs, deterministic), dtype=np.float32)

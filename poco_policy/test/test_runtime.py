@@ -68,6 +68,15 @@ def test_chunk_runner_swaps_weights_only_between_chunks():
     assert seen == [(1, 0, 1), (1, 1, 1), (1, 2, 1), (2, 0, 2), (2, 1, 2), (2, 2, 2), (2, 0, 2)]
 
 
+def test_chunk_runner_can_hold_weights_during_a_block():
+    runner = ChunkRunner(lambda pol, obs, det: np.full((2, 7), pol, np.float32))
+    runner.offer(1, 1)
+    runner.new_chunk(np.zeros(4), False, allow_swap=False)   # no policy yet: takes the first one anyway
+    runner.offer(2, 2)
+    assert runner.new_chunk(np.zeros(4), False, allow_swap=False)[0, 0] == 1 and runner.version == 1
+    assert runner.new_chunk(np.zeros(4), False)[0, 0] == 2 and runner.version == 2
+
+
 def test_chunk_runner_rejects_nonfinite_chunks():
     runner = ChunkRunner(lambda pol, obs, det: np.full((3, 7), np.nan, np.float32))
     runner.offer(1, 1)

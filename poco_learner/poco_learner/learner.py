@@ -112,6 +112,11 @@ class Learner:
                 over[name] = getattr(c, name)
         if c.critic_warmup_steps >= 0:
             over['critic_warmup_steps'] = c.critic_warmup_steps
+        for name in ('eta', 'beta', 'zeta'):
+            if getattr(c, name) >= 0:
+                over[name] = getattr(c, name)
+        if c.bc_data:
+            over['bc_data'] = c.bc_data
         return AgentConfig.from_preset(c.preset, **over) if c.preset else AgentConfig(**over)
 
     def _make_agent(self, obs_dim: int):

@@ -49,6 +49,10 @@ class LearnerNodeConfig:
     num_candidates: int = 0
     flow_steps: int = 0
     critic_warmup_steps: int = -1        # -1 = from preset
+    eta: float = -1.0                    # softmax temperature on Q (E-step); <0 = from preset
+    beta: float = -1.0                   # posterior guidance scale; <0 = from preset
+    zeta: float = -1.0                   # clip threshold of the candidate loss; <0 = from preset
+    bc_data: str = ''                    # data term: 'buffer' (paper) | 'demos'; '' = from preset
     pretrain_steps: int = 2000
     utd_ratio: float = 1.0               # gradient updates per new online step
     publish_every: int = 50              # updates between weight publications

@@ -1,0 +1,583 @@
+"""POCO agent: flow-matching chunk actor + chunk critic, offline BC and online POCO / baselines (no ROS).
+
+One file on purpose (in the spirit of the Flow Q-Learning / Q-chunking agents): config, networks, losses,
+update rules and checkpoints, readable top to bottom.
+
+Algorithm (POCO paper, Sec. IV and Algorithm 1; notation a = a_{t:t+T}, flattened):
+  Stage I   pretrain_step:  min_theta E_D[ L_BC(a|s) ]                                         (Eq. 24)
+  Stage II  update:
+    critic  Q_i(s, a) -> sum_{k<n} gamma^k r_{t+k} + gamma^n * Q_target(s_{t+n}, a'),  a' ~ pi(.|s_{t+n})
+            ('returns' and 'discount' = gamma^n or 0 at a terminal end come precomputed from the buffer) (Eq. 14)
+    E-step  N candidates a^j ~ pi_theta_i(.|s) (state encoded once), w_j = softmax_j(Q(s, a^j) / eta) (Eq. 17)
+    M-step  J = E[ L_BC(a_data|s) + beta * sum_j w_j * clip(L_BC(a^j|s), 0, zeta) ]           (Eq. 23)
+  During the critic warm-up the actor is frozen and only the critic learns (SARSA-style: a' from the frozen
+  actor). Baselines: 'poco_noclip' (Eq. 22, no clip), 'bc' (BC on the growing buffer), 'qc_best_of_n'
+  (BC on the buffer, acting and TD target with the argmax-Q of N candidates, as in Q-chunking's best-of-N).
+
+Choices the paper leaves open (documented here, configurable):
+  - critic ensemble: the paper describes one critic MLP and no ensemble; like the Q-chunking / FQL code bases we
+    train 2 members (`num_critics`); the TD target aggregates the target ensemble with `critic_agg` ('mean',
+    their default; 'min' is the pessimistic option) and the E-step weights use the mean (`estep_q_agg`).
+  - Polyak rate tau = 0.005, Adam optimisers, no gradient clipping unless `grad_clip_norm` > 0.
+  - the data BC term ignores actions padded past an episode end (`mask_padded_actions`).
+
+Speed (CPU, see benchmarks/bench_update.py): states are encoded once per update and shared by all candidates
+and flow steps; the E-step (sampling + candidate Q) and the candidate-loss pass run in bf16 when the CPU has
+native bf16; candidates whose weight is below `candidate_weight_floor` are left out of the M-step.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, bf16_autocast, check_finite,
+                                     cpu_supports_bf16, linear_silu)
+
+ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
+# settings that define tensor shapes (fixed once an agent exists)
+ARCHITECTURE_KEYS = ('obs_dim', 'action_dim', 'horizon', 'actor_hidden_dims', 'critic_hidden_dims', 'num_critics')
+CHECKPOINT_FORMAT = 'poco_agent/1'
+
+
+# ================================================================================================ config
+@dataclass
+class AgentConfig:
+    # problem sizes (dims come from the data; the presets leave them alone)
+    obs_dim: int = 0
+    action_dim: int = 7
+    horizon: int = 5                                    # chunk length T
+    # networks (paper: 4 x 512 SiLU MLPs, linear outputs, LayerNorm after each critic activation)
+    actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
+    flow_steps: int = 10                                # K Euler steps
+    num_critics: int = 2
+    critic_agg: str = 'mean'                            # TD target over the target ensemble: 'mean' | 'min'
+    estep_q_agg: str = 'mean'                           # E-step weights over the current ensemble
+    # optimisation
+    batch_size: int = 256
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    grad_clip_norm: float = 0.0                         # 0 = off
+    # POCO
+    algorithm: str = 'poco'                             # 'poco' | 'poco_noclip' | 'bc' | 'qc_best_of_n'
+    num_candidates: int = 32                            # N
+    eta: float = 0.001                                  # softmax temperature on Q
+    beta: float = 1.0                                   # posterior guidance scale
+    zeta: float = 0.1                                   # clip threshold on the candidate BC loss
+    critic_warmup_steps: int = 5000
+    pretrain_steps: int = 20000
+    mask_padded_actions: bool = True
+    # Data term of the online actor losses (Eq. 23 / BC baselines): 'buffer' = every replay row (the paper);
+    # 'demos' = only demonstration rows anchor the policy (the online rows still train the critic and feed
+    # the E-step). With a handful of demos and a stochastic policy, imitating its own failed rollouts
+    # drags the policy down; 'demos' keeps the anchor on the expert data (measured in the sim main job).
+    bc_data: str = 'buffer'
+    # speed
+    bf16_sampling: bool = True                          # E-step candidates under bf16 autocast (if the CPU has it)
+    bf16_candidate_loss: bool = True                    # M-step candidate-loss forward/backward under bf16
+    bf16_critic_estep: bool = True                      # E-step Q of the candidates in bf16 (see estep())
+    candidate_weight_floor: float = 1e-6                # skip candidates with w_j below this (0 = exact)
+    # bookkeeping
+    seed: int = 0
+    max_episode_steps: int = 0                          # H of the paper's tables (episode manager); 0 = unset
+    preset: str = ''                                    # name of the preset this config came from
+
+    def validate(self) -> 'AgentConfig':
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f'AgentConfig.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
+        if self.bc_data not in ('buffer', 'demos'):
+            raise ValueError(f"AgentConfig.bc_data must be 'buffer' or 'demos', got {self.bc_data!r}")
+        for name in ('critic_agg', 'estep_q_agg'):
+            if getattr(self, name) not in ('mean', 'min'):
+                raise ValueError(f'AgentConfig.{name} must be "mean" or "min", got {getattr(self, name)!r}')
+        if self.obs_dim <= 0:
+            raise ValueError('AgentConfig.obs_dim must be set (> 0) before building an Agent')
+        for name in ('action_dim', 'horizon', 'flow_steps', 'num_critics', 'batch_size', 'num_candidates'):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f'AgentConfig.{name} must be positive, got {getattr(self, name)}')
+        if self.eta <= 0 or self.zeta < 0 or self.beta < 0 or not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
+            raise ValueError(f'AgentConfig: bad eta/zeta/beta/tau/gamma in {self}')
+        self.actor_hidden_dims = tuple(int(h) for h in self.actor_hidden_dims)
+        self.critic_hidden_dims = tuple(int(h) for h in self.critic_hidden_dims)
+        return self
+
+    def policy_config(self) -> FlowPolicyConfig:
+        return FlowPolicyConfig(obs_dim=self.obs_dim, action_dim=self.action_dim, horizon=self.horizon,
+                                hidden_dims=tuple(self.actor_hidden_dims), flow_steps=self.flow_steps)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> 'AgentConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f'AgentConfig: unknown keys {sorted(unknown)}; known: {sorted(known)}')
+        kw = dict(d)
+        for k in ('actor_hidden_dims', 'critic_hidden_dims'):
+            if k in kw:
+                kw[k] = tuple(int(h) for h in kw[k])
+        return cls(**kw)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> 'AgentConfig':
+        """Config from a named preset (see PRESETS) with keyword overrides applied on top."""
+        if name not in PRESETS:
+            raise KeyError(f'unknown agent preset {name!r}; known: {sorted(PRESETS)}')
+        d = dict(PRESETS[name])
+        d.update(overrides)
+        d['preset'] = name
+        return cls.from_json_dict(d)
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> 'AgentConfig':
+        """From a YAML/ROS mapping: `preset` (if non-empty) first, then the other given keys override it."""
+        d = dict(d or {})
+        name = d.pop('preset', '') or ''
+        return cls.from_preset(name, **d) if name else cls.from_json_dict(d)
+
+
+def _table2(eta: float, zeta: float) -> dict[str, Any]:
+    # Table II (online RL with demonstrations in the buffer, no offline pre-training stage).
+    return dict(batch_size=256, actor_lr=3e-4, critic_lr=3e-4, gamma=0.99, horizon=5, critic_warmup_steps=5000,
+                num_candidates=32, eta=eta, beta=1.0, zeta=zeta, pretrain_steps=0)
+
+
+def _table3(H: int, T: int, pretrain: int, zeta: float) -> dict[str, Any]:
+    # Table III (offline-to-online, simulation and real robot).
+    return dict(batch_size=256, actor_lr=3e-4, critic_lr=3e-4, gamma=0.99, max_episode_steps=H, horizon=T,
+                pretrain_steps=pretrain, critic_warmup_steps=5000, num_candidates=32, eta=0.001, beta=1.0,
+                zeta=zeta)
+
+
+def _table5() -> dict[str, Any]:
+    # Table V (VLA action-head fine-tuning on the real robot): smaller batch, slower actor, T = 10, N = 16.
+    return dict(batch_size=64, actor_lr=5e-5, critic_lr=3e-4, gamma=0.99, max_episode_steps=200, horizon=10,
+                critic_warmup_steps=2000, num_candidates=16, eta=0.001, beta=1.0, zeta=0.01)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    'table2_scene': _table2(0.1, 0.3),
+    'table2_puzzle_3x3': _table2(0.1, 0.3),
+    'table2_cube_double': _table2(0.1, 0.3),
+    'table2_cube_triple': _table2(0.1, 0.3),
+    'table2_lift': _table2(0.001, 0.15),
+    'table2_can': _table2(0.001, 0.15),
+    'table2_square': _table2(0.001, 0.15),
+    'table3_scene': _table3(750, 5, 500_000, 0.3),
+    'table3_puzzle_3x3': _table3(500, 5, 500_000, 0.15),
+    'table3_can': _table3(300, 5, 100_000, 0.3),
+    'table3_square': _table3(400, 5, 500_000, 0.08),
+    'table3_pick_cube': _table3(200, 4, 20_000, 0.1),
+    'table3_route_cable': _table3(150, 4, 20_000, 0.1),
+    'table3_insert_usb': _table3(200, 4, 20_000, 0.08),
+    'table3_assemble_ssd': _table3(180, 4, 20_000, 0.08),
+    'table5_pick_pen': _table5(),
+    'table5_hang_keychain': _table5(),
+}
+
+# Environment-side settings from the same tables (for the episode manager / sim, not the agent).
+# EEF bounding box (x, y, z) and object random range (x, y) in centimetres.
+PRESET_ENV_INFO: dict[str, dict[str, Any]] = {
+    'table3_pick_cube': dict(eef_bbox_cm=(40, 40, 30), object_range_cm=(25, 10)),
+    'table3_route_cable': dict(eef_bbox_cm=(20, 30, 30), object_range_cm=(5, 15)),
+    'table3_insert_usb': dict(eef_bbox_cm=(20, 15, 15), object_range_cm=(5, 5)),
+    'table3_assemble_ssd': dict(eef_bbox_cm=(12, 15, 15), object_range_cm=(5, 3)),
+    'table5_pick_pen': dict(eef_bbox_cm=(40, 40, 40), object_range_cm=(30, 30)),
+    'table5_hang_keychain': dict(eef_bbox_cm=(40, 40, 40), object_range_cm=(20, 20)),
+}
+
+
+# ================================================================================================ critic
+class _CriticMember(nn.Module):
+    """Q(s, a): MLP with the first layer split like the actor's (obs part reusable across candidates),
+    Linear -> SiLU -> LayerNorm per hidden layer, linear scalar output."""
+
+    def __init__(self, obs_dim: int, chunk_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.obs_in = nn.Linear(obs_dim, hidden[0])
+        self.act_in = nn.Linear(chunk_dim, hidden[0], bias=False)
+        self.norm0 = nn.LayerNorm(hidden[0])
+        layers: list[nn.Module] = []
+        for i in range(1, len(hidden)):
+            layers += [nn.Linear(hidden[i - 1], hidden[i]), nn.SiLU(), nn.LayerNorm(hidden[i])]
+        layers += [nn.Linear(hidden[-1], 1)]
+        self.trunk = nn.Sequential(*layers)
+        bound = 1.0 / math.sqrt(obs_dim + chunk_dim)   # start like one linear layer on concat(s, a)
+        with torch.no_grad():
+            for p in (self.obs_in.weight, self.obs_in.bias, self.act_in.weight):
+                p.uniform_(-bound, bound)
+
+    def q_encoded(self, h_obs: torch.Tensor, a_flat: torch.Tensor) -> torch.Tensor:
+        x = self.norm0(F.silu(h_obs + self.act_in(a_flat)))
+        return self.trunk(x).squeeze(-1)
+
+    @torch.no_grad()
+    def q_encoded_bf16(self, h_obs: torch.Tensor, a_flat: torch.Tensor) -> torch.Tensor:
+        """Inference-only bf16 twin of q_encoded (fused linear+SiLU, bf16 LayerNorm, fp32 output layer)."""
+        bf = torch.bfloat16
+        lead = torch.broadcast_shapes(h_obs.shape[:-1], a_flat.shape[:-1])
+        x = F.silu(h_obs.to(bf) + F.linear(a_flat.to(bf), self.act_in.weight.to(bf)))
+        x = x.reshape(-1, x.shape[-1])
+        x = F.layer_norm(x, x.shape[-1:], self.norm0.weight.to(bf), self.norm0.bias.to(bf))
+        mods = list(self.trunk)
+        for i in range(0, len(mods) - 1, 3):                 # (Linear, SiLU, LayerNorm) blocks
+            lin, ln = mods[i], mods[i + 2]
+            x = linear_silu(x, lin.weight.to(bf), lin.bias.to(bf))
+            x = F.layer_norm(x, x.shape[-1:], ln.weight.to(bf), ln.bias.to(bf))
+        return F.linear(x.float(), mods[-1].weight, mods[-1].bias).reshape(lead)
+
+
+class ChunkCritic(nn.Module):
+    """Ensemble of chunk critics. forward(obs [B, D], a [B, (N,) T*A]) -> [E, B(, N)]."""
+
+    def __init__(self, obs_dim: int, chunk_dim: int, hidden: tuple[int, ...], num_critics: int):
+        super().__init__()
+        self.members = nn.ModuleList(_CriticMember(obs_dim, chunk_dim, hidden) for _ in range(num_critics))
+
+    def forward(self, obs: torch.Tensor, a_flat: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        extra = a_flat.dim() - obs.dim()               # candidate dims: encode the state once, broadcast
+        out = []
+        for mem in self.members:
+            h = mem.obs_in(obs)                        # fp32, once per state
+            h = h.reshape(h.shape[0], *([1] * extra), h.shape[-1])
+            out.append(mem.q_encoded_bf16(h, a_flat) if bf16 else mem.q_encoded(h, a_flat))
+        return torch.stack(out, 0)
+
+
+def poco_objective(l_data: torch.Tensor, l_cand: torch.Tensor, w: torch.Tensor, beta: float, zeta: float,
+                   clip: bool = True) -> torch.Tensor:
+    """Eq. 23 for one batch: mean_b[ L_BC(a_data|s_b) + beta * sum_j w_bj * clip(L_BC(a^j|s_b), 0, zeta) ].
+
+    l_data [B]; l_cand and w either [B, N] or flattened over the kept (state, candidate) pairs [R] (the
+    candidate term is a plain sum over pairs divided by B). clip(x, 0, zeta) is a clamp: its gradient is zero
+    where x > zeta, so candidates the current policy finds far away contribute nothing to the update.
+    """
+    term = l_cand.clamp(0.0, zeta) if clip else l_cand
+    return l_data.mean() + beta * (w * term).sum() / l_data.shape[0]
+
+
+def _agg(q: torch.Tensor, how: str) -> torch.Tensor:
+    return q.mean(0) if how == 'mean' else q.min(0).values
+
+
+# ================================================================================================= agent
+class Agent:
+    """Actor, critic ensemble, target critic, optimisers and RNG; all randomness is drawn from the agent's
+    own generators so a saved and reloaded agent continues bit-identically."""
+
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg.validate()
+        self.chunk_dim = cfg.horizon * cfg.action_dim
+        with torch.random.fork_rng(devices=[]):        # seeded init without touching the caller's global RNG
+            torch.manual_seed(cfg.seed)
+            self.actor = FlowChunkPolicy(cfg.policy_config())
+            self.critic = ChunkCritic(cfg.obs_dim, self.chunk_dim, tuple(cfg.critic_hidden_dims), cfg.num_critics)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 2 + 1)       # learning randomness
+        self.act_gen = torch.Generator().manual_seed(cfg.seed * 2 + 2)   # acting randomness (separate stream)
+        self.bf16 = bool(cfg.bf16_sampling and cpu_supports_bf16())
+        self.bf16_cand = bool(cfg.bf16_candidate_loss and cpu_supports_bf16())
+        self.bf16_critic = bool(cfg.bf16_critic_estep and cpu_supports_bf16())
+        self.counters = dict(pretrain_steps=0, online_updates=0, actor_updates=0, policy_version=0,
+                             nonfinite_skips=0)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    @property
+    def in_critic_warmup(self) -> bool:
+        return self.counters['online_updates'] < self.cfg.critic_warmup_steps
+
+    def _batch(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        out = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in batch.items()
+               if k in ('obs', 'actions', 'rewards', 'valid', 'returns', 'next_obs', 'discount', 'is_demo')}
+        a = out.get('actions')
+        if a is None or a.dim() != 3 or a.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f'batch["actions"] must be [B, {cfg.horizon}, {cfg.action_dim}], '
+                             f'got {None if a is None else tuple(a.shape)}')
+        if out['obs'].shape[-1] != cfg.obs_dim:
+            raise ValueError(f'batch["obs"] has dim {out["obs"].shape[-1]}, agent expects {cfg.obs_dim}')
+        return out
+
+    def _step(self, opt: torch.optim.Optimizer, params, loss: torch.Tensor) -> float:
+        """One optimiser step; a non-finite loss or gradient skips the step (never corrupt the weights)."""
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.counters['nonfinite_skips'] += 1
+            return float('nan')
+        loss.backward()
+        params = [p for p in params if p.grad is not None]
+        max_norm = self.cfg.grad_clip_norm if self.cfg.grad_clip_norm > 0 else float('inf')
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if not torch.isfinite(norm):
+            opt.zero_grad(set_to_none=True)
+            self.counters['nonfinite_skips'] += 1
+            return float('nan')
+        opt.step()
+        return float(norm)
+
+    @torch.no_grad()
+    def _polyak(self) -> None:
+        tau = self.cfg.tau
+        for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+            tp.lerp_(p, tau)
+
+    def sample_candidates(self, obs: torch.Tensor, n: int, bf16: bool | None = None,
+                          generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
+        """N chunks per state from the current actor, [B, N, T*A] (state encoded once)."""
+        B = obs.shape[0]
+        gen = self.gen if generator is None else generator
+        noise = (torch.zeros((B, n, self.chunk_dim)) if deterministic
+                 else torch.randn((B, n, self.chunk_dim), generator=gen))
+        a = self.actor.sample(obs, n, noise=noise, bf16=self.bf16 if bf16 is None else bf16)
+        return a.reshape(B, n, self.chunk_dim)
+
+    @torch.no_grad()
+    def _best_of_n(self, obs: torch.Tensor, critic: ChunkCritic, generator=None, deterministic=False):
+        n = self.cfg.num_candidates
+        cands = self.sample_candidates(obs, 1 if deterministic else n, generator=generator,
+                                       deterministic=deterministic)
+        q = _agg(critic(obs, cands), self.cfg.critic_agg)                  # [B, N]
+        idx = q.argmax(1)
+        ar = torch.arange(obs.shape[0])
+        return cands[ar, idx], q[ar, idx]
+
+    # ---------------------------------------------------------------------------------------- Stage I
+    def pretrain_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """Offline BC on demonstrations (Eq. 24)."""
+        b = self._batch(batch)
+        loss = self._data_bc_loss(b).mean()
+        gn = self._step(self.actor_opt, self.actor.parameters(), loss)
+        self.counters['pretrain_steps'] += 1
+        self.counters['policy_version'] += 1
+        return {'bc_loss': float(loss.detach()), 'actor_grad_norm': gn}
+
+    def _data_bc_loss(self, b: dict[str, torch.Tensor], h_obs: torch.Tensor | None = None,
+                      online: bool = False) -> torch.Tensor:
+        mask = b.get('valid') if self.cfg.mask_padded_actions else None
+        loss = self.actor.bc_loss(b['obs'], b['actions'], mask=mask, generator=self.gen, h_obs=h_obs)
+        if online and self.cfg.bc_data == 'demos' and 'is_demo' in b:
+            # per-row weights so that .mean() is the mean over demonstration rows only (0 if there are none)
+            d = b['is_demo']
+            loss = loss * d * (d.numel() / d.sum().clamp(min=1.0))
+        return loss
+
+    # --------------------------------------------------------------------------------------- Stage II
+    def critic_targets(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """T-step TD target: returns + discount * Q_target(next_obs, a'), a' from the current actor."""
+        with torch.no_grad():
+            if self.cfg.algorithm == 'qc_best_of_n':
+                _, q_next = self._best_of_n(b['next_obs'], self.critic_target)
+            else:
+                a_next = self.sample_candidates(b['next_obs'], 1)[:, 0]   # a sample: bf16 is fine
+                q_next = _agg(self.critic_target(b['next_obs'], a_next), self.cfg.critic_agg)
+            return b['returns'] + b['discount'] * q_next
+
+    def update(self, batch: Mapping[str, Any], actor_frozen: bool = False) -> dict[str, float]:
+        """One online update: critic step (+ Polyak), then unless actor_frozen the actor step of the
+        configured algorithm. Returns float metrics."""
+        cfg = self.cfg
+        b = self._batch(batch)
+        B = b['obs'].shape[0]
+        # ---- critic (Eq. 14)
+        target = self.critic_targets(b)
+        q = self.critic(b['obs'], b['actions'].reshape(B, -1))                   # [E, B]
+        critic_loss = (q - target.unsqueeze(0)).square().mean()
+        m: dict[str, float] = {'critic_loss': float(critic_loss.detach()), 'q_mean': float(q.detach().mean()),
+                               'target_mean': float(target.mean())}
+        m['critic_grad_norm'] = self._step(self.critic_opt, self.critic.parameters(), critic_loss)
+        self._polyak()
+        self.counters['online_updates'] += 1
+        if actor_frozen:
+            return m
+        # ---- actor
+        if cfg.algorithm in ('bc', 'qc_best_of_n'):
+            loss = self._data_bc_loss(b, online=True).mean()
+            m.update(actor_loss=float(loss.detach()), bc_loss=float(loss.detach()))
+        else:
+            loss, am = self.poco_actor_loss(b)
+            m.update(am)
+        m['actor_grad_norm'] = self._step(self.actor_opt, self.actor.parameters(), loss)
+        self.counters['actor_updates'] += 1
+        self.counters['policy_version'] += 1
+        return m
+
+    def estep(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Implicit E-step: candidates [B, N, T*A], their Q [B, N] and weights softmax(Q / eta) [B, N].
+
+        With bf16_critic_estep the candidates' Q comes from a bf16 pass (~3x faster than fp32). Measured at
+        paper sizes with eta = 0.001 (bench_update.py): it moves the weights less than ONE critic gradient step
+        does (total variation 0.054 vs 0.078; same argmax for 95% vs 92% of the states), i.e. it stays within
+        the noise the critic's own training already puts on the weights. Set False for exact fp32 weights.
+        """
+        with torch.no_grad():
+            cands = self.sample_candidates(obs, self.cfg.num_candidates)
+            q = _agg(self.critic(obs, cands, bf16=self.bf16_critic), self.cfg.estep_q_agg)
+            w = torch.softmax(q / self.cfg.eta, dim=1)
+        return cands, q, w
+
+    def poco_actor_loss(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """M-step objective (Eq. 23; Eq. 22 for 'poco_noclip') on one batch.
+
+        Candidates whose weight is below `candidate_weight_floor` are left out of the candidate term: each
+        would add less than floor * zeta to the objective (and as little to its gradient), far below the
+        bf16 rounding of the kept terms. With eta = 0.001 the weights are nearly one-hot, so this removes
+        most of the M-step's work. floor = 0 keeps every candidate (exact Eq. 23).
+        """
+        cfg = self.cfg
+        B, N = b['obs'].shape[0], cfg.num_candidates
+        cands, q, w = self.estep(b['obs'])
+        # noise and flow times for all candidates are drawn up front, so pruning never changes the others'
+        a0 = torch.randn(cands.shape, generator=self.gen)
+        mt = torch.rand((B, N), generator=self.gen)
+        h_obs = self.actor.encode_obs(b['obs'])                              # shared by both BC terms
+        l_data = self._data_bc_loss(b, h_obs=h_obs, online=True)             # [B]
+        if cfg.candidate_weight_floor > 0:
+            ib, ij = (w > cfg.candidate_weight_floor).nonzero(as_tuple=True)  # kept (state, candidate) pairs
+        else:
+            ib = torch.arange(B).repeat_interleave(N)
+            ij = torch.arange(N).repeat(B)
+        with bf16_autocast(self.bf16_cand):
+            l_cand = self.actor.bc_loss(None, cands[ib, ij], noise=a0[ib, ij], m=mt[ib, ij],
+                                        h_obs=h_obs.index_select(0, ib))     # [R] fp32
+        w_kept = w[ib, ij]
+        loss = poco_objective(l_data, l_cand, w_kept, cfg.beta, cfg.zeta, clip=cfg.algorithm != 'poco_noclip')
+        with torch.no_grad():
+            over = (l_cand > cfg.zeta).float()
+            m = {'actor_loss': float(loss.detach()), 'bc_loss': float(l_data.mean()),
+                 'candidate_loss': float((w_kept * l_cand).sum() / B),
+                 'clip_fraction': float(over.mean()) if len(over) else 0.0,       # over kept candidates
+                 'weighted_clip_fraction': float((w_kept * over).sum() / B),
+                 'kept_fraction': float(len(ib) / (B * N)),
+                 'ess': float((1.0 / w.square().sum(1)).mean()),
+                 'q_candidates_mean': float(q.mean()), 'q_candidates_std': float(q.std(1).mean())}
+        return loss, m
+
+    # -------------------------------------------------------------------------------------------- act
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Normalised chunk(s) for obs [D] -> [T, A] or [B, D] -> [B, T, A]. deterministic = zero noise."""
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        single = x.dim() == 1
+        x = x.reshape(1, -1) if single else x
+        if x.shape[-1] != self.cfg.obs_dim:
+            raise ValueError(f'obs has dim {x.shape[-1]}, agent expects {self.cfg.obs_dim}')
+        if self.cfg.algorithm == 'qc_best_of_n':
+            a, _ = self._best_of_n(x, self.critic, generator=self.act_gen, deterministic=deterministic)
+        else:
+            a = self.sample_candidates(x, 1, bf16=False, generator=self.act_gen, deterministic=deterministic)[:, 0]
+        a = a.reshape(-1, self.cfg.horizon, self.cfg.action_dim).numpy()
+        return a[0] if single else a
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save(self, path_prefix: str) -> tuple[str, str]:
+        """Write `<prefix>.safetensors` (weights, optimiser tensors, RNG states) and `<prefix>.json` (config,
+        counters, optimiser hyper-parameters). Both files are written atomically. No pickle."""
+        from safetensors.torch import save_file
+        tensors: dict[str, torch.Tensor] = {}
+        for name, mod in (('actor', self.actor), ('critic', self.critic), ('critic_target', self.critic_target)):
+            for k, v in mod.state_dict().items():
+                tensors[f'{name}.{k}'] = v.detach().clone().contiguous()
+        meta: dict[str, Any] = {'format': CHECKPOINT_FORMAT, 'config': self.cfg.to_json_dict(),
+                                'counters': dict(self.counters)}
+        for name, opt in (('actor_opt', self.actor_opt), ('critic_opt', self.critic_opt)):
+            sd = opt.state_dict()
+            scalars: dict[str, dict[str, Any]] = {}
+            for idx, st in sd['state'].items():
+                for k, v in st.items():
+                    if torch.is_tensor(v):
+                        tensors[f'{name}.state.{idx}.{k}'] = v.detach().clone().contiguous()
+                    else:
+                        scalars.setdefault(str(idx), {})[k] = v
+            meta[name] = {'param_groups': sd['param_groups'], 'scalars': scalars}
+        tensors['rng.gen'] = self.gen.get_state()
+        tensors['rng.act_gen'] = self.act_gen.get_state()
+        check_finite({k: v for k, v in tensors.items() if not k.startswith('rng.')}, 'agent checkpoint')
+        st_path, js_path = f'{path_prefix}.safetensors', f'{path_prefix}.json'
+        d = os.path.dirname(os.path.abspath(st_path))
+        os.makedirs(d, exist_ok=True)
+        _atomic_write(st_path, lambda p: save_file(tensors, p, metadata={'format': CHECKPOINT_FORMAT}))
+        _atomic_write(js_path, lambda p: _write_text(p, json.dumps(meta, indent=1, default=_json_default)))
+        return st_path, js_path
+
+    @classmethod
+    def load(cls, path_prefix: str, **overrides: Any) -> 'Agent':
+        """Restore a `save`d agent. Overrides change non-architectural settings (e.g. algorithm, eta, zeta,
+        learning rates, warm-up length) for a new phase; without overrides training resumes bit-identically."""
+        from safetensors.torch import load_file
+        with open(f'{path_prefix}.json') as f:
+            meta = json.load(f)
+        if meta.get('format') != CHECKPOINT_FORMAT:
+            raise ValueError(f'{path_prefix}.json: not a {CHECKPOINT_FORMAT} checkpoint')
+        tensors = load_file(f'{path_prefix}.safetensors')
+        saved = AgentConfig.from_json_dict(meta['config'])
+        cfg = dataclasses.replace(saved, **overrides) if overrides else saved
+        for k in ARCHITECTURE_KEYS:
+            if tuple(np.atleast_1d(getattr(cfg, k))) != tuple(np.atleast_1d(getattr(saved, k))):
+                raise ValueError(f'Agent.load: {k} is fixed by the checkpoint ({getattr(saved, k)}), '
+                                 f'cannot override with {getattr(cfg, k)}')
+        agent = cls(cfg)
+        for name, mod in (('actor', agent.actor), ('critic', agent.critic), ('critic_target', agent.critic_target)):
+            pre = name + '.'
+            mod.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}, strict=True)
+        for name, opt in (('actor_opt', agent.actor_opt), ('critic_opt', agent.critic_opt)):
+            om = meta[name]
+            state: dict[int, dict[str, Any]] = {}
+            pre = name + '.state.'
+            for k, v in tensors.items():
+                if k.startswith(pre):
+                    idx, key = k[len(pre):].split('.', 1)
+                    state.setdefault(int(idx), {})[key] = v
+            for idx, sc in om['scalars'].items():
+                state.setdefault(int(idx), {}).update(sc)
+            groups = [dict(g, betas=tuple(g['betas'])) if 'betas' in g else dict(g) for g in om['param_groups']]
+            opt.load_state_dict({'state': state, 'param_groups': groups})
+        for opt, lr in ((agent.actor_opt, cfg.actor_lr), (agent.critic_opt, cfg.critic_lr)):
+            for g in opt.param_groups:      # an lr override must win over the saved optimiser state
+                g['lr'] = lr
+        agent.gen.set_state(tensors['rng.gen'])
+        agent.act_gen.set_state(tensors['rng.act_gen'])
+        agent.counters.update(meta['counters'])
+        return agent
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f'not JSON-serialisable: {type(o)}')
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _atomic_write(path: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.tmp', dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -8,6 +8,7 @@ that knows which step the robot is on.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import threading
@@ -18,7 +19,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -475,13 +476,13 @@ class PolicyNode(Node):
             self._hold()
             return
 
-        feats, proprio = self._observation()
-        intervention = False
+        intervention, feats, proprio = False, None, None
         if self.teleop is not None and time.monotonic() - self.teleop[1] < 3.0 / cfg.control_rate_hz:
             action_phys, chunk_step, intervention = self.teleop[0].copy(), 0, True
             self.runner.drop_chunk()  # after the human lets go, plan afresh from the new state
         else:
             if self.runner.needs_chunk():
+                feats, proprio = self._observation()
                 obs = np.concatenate([feats, proprio])
                 # the initial evaluation block measures the starting policy: no swaps until it is over
                 frozen = self.episodes_started <= cfg.initial_eval_episodes
@@ -492,7 +493,12 @@ class PolicyNode(Node):
         delta = np.clip(action_phys[:6], -cfg.max_joint_delta, cfg.max_joint_delta)
         action_phys[:6] = delta
         action_phys[6] = float(np.clip(action_phys[6], 0.0, 1.0))
-        self._send(self.safety.clamp_targets(self.q + delta), action_phys[6])
+        q_now = self.q.copy()
+        self._send(self.safety.clamp_targets(q_now + delta), action_phys[6])
+        # Encoding for the learner happens after the command went out, so it adds no control jitter
+        # (the images and joint state used are the ones this tick acted on).
+        if feats is None:
+            feats, proprio = self._observation()
         self._publish_transition(feats, proprio, action_phys, intervention, chunk_step)
         self.step += 1
 
@@ -500,13 +506,18 @@ class PolicyNode(Node):
 def main(args=None):
     rclpy.init(args=args)
     node = PolicyNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Single-threaded on purpose: MultiThreadedExecutor showed 0.5-2.4 s stalls under load (measured by
+    # benchmarks/bench_policy_node.py). The e-stop callback still runs within one tick (ticks take < 50 ms).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
+    gc.collect()
+    gc.freeze()  # long-lived objects out of the collector: no 100+ ms full collections mid-episode
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
 

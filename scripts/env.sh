@@ -1,4 +1,6 @@
 # Source me: activates the project venv and the built workspace. Used by the Makefile, tests and the runner.
+# colcon's and venv's scripts read unset variables: relax `set -u` while sourcing them.
+case $- in *u*) _POCO_HAD_U=1; set +u ;; *) _POCO_HAD_U= ;; esac
 _POCO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _POCO_VENV="${POCO_VENV:-$_POCO_ROOT/.venv}"
 # shellcheck disable=SC1091
@@ -12,3 +14,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
+[ -n "$_POCO_HAD_U" ] && set -u
+unset _POCO_HAD_U

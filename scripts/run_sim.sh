@@ -3,7 +3,7 @@
 # fine-tuning in MuJoCo, with a progress line, episodes.csv / learner.csv and learning_curve.png.
 #
 #   bash scripts/run_sim.sh [--duration 30m] [--task pick_cube|peg_insert] [--obs-mode pixels|state]
-#                           [--episodes 30] [--noise noisy|STD] [--seed 0] [--algorithm poco] [--run-dir DIR]
+#                           [--episodes 5] [--noise 0|STD|noisy] [--seed 0] [--algorithm poco] [--run-dir DIR]
 #                           [--demos DIR] [--dry-run] [-- <more `run sim` options, e.g. --set node.p=v>]
 # Each option also reads an environment variable: DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM
 # RUN_DIR DEMOS. --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and
@@ -15,9 +15,9 @@ cd "$ROOT"
 DURATION="${DURATION:-30m}"
 TASK="${TASK:-pick_cube}"
 OBS_MODE="${OBS_MODE:-state}"  # state: privileged sim state (fast on 2 CPU cores); pixels: the cameras
-EPISODES="${EPISODES:-30}"
-NOISE="${NOISE:-noisy}"  # "noisy" = the task's noisy-demo preset (~70 % expert success)
-SEED="${SEED:-0}"
+EPISODES="${EPISODES:-5}"
+NOISE="${NOISE:-0}"  # expert action noise std (fraction of max delta), or "noisy" = the task preset (~70 % success)
+SEED="${SEED:-4}"
 ALGORITHM="${ALGORITHM:-poco}"
 RUN_DIR="${RUN_DIR:-}"
 DEMOS="${DEMOS:-}"

@@ -12,7 +12,7 @@ export ROS_DOMAIN_ID=$(( ( $$ + $(date +%s) ) % 200 + 1 ))
 export POCO_TEST_TMP="$(mktemp -d -t poco-test-XXXX)"
 echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID ROS_AUTOMATIC_DISCOVERY_RANGE=$ROS_AUTOMATIC_DISCOVERY_RANGE"
 set +e
-python -m pytest -p no:cacheprovider --import-mode=importlib --timeout=600 -ra "$@" \
+python -m pytest -p no:cacheprovider --timeout=600 -ra "$@" \
   poco_msgs/test poco_policy/test poco_learner/test poco_sim/test poco_bringup/test
 rc=$?
 set -e

@@ -32,7 +32,7 @@ class MonitorNodeConfig:
     plot_period_s: float = 30.0      # learning-curve refresh (also written at shutdown)
     progress_period_s: float = 10.0  # progress line at least this often (and after every episode)
     train_window: int = 20           # training success moving average [episodes]
-    eval_window: int = 5             # min evaluation episodes per learning-curve point
+    eval_window: int = 10             # min evaluation episodes per learning-curve point
     status_marker: bool = True       # publish poco/status_marker (TEXT_VIEW_FACING) for rviz
     base_frame: str = 'base_link'
 

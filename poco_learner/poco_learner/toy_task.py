@@ -94,9 +94,10 @@ class NoisyGateExpert:
     """Scripted demonstrator: aims at (gate centre + per-episode offset), then at the finish line.
 
     aim_std sets how often it misses the gate (|offset| > GATE_HALF roughly means a crash); act_std adds
-    per-step jitter. Actions are normalised (full speed towards the current aim point)."""
+    per-step jitter. Actions are normalised (full speed towards the current aim point). The defaults give
+    ~50% successful demonstrations and a cloned policy at ~45% (the learning test's calibration)."""
 
-    def __init__(self, n: int, aim_std: float = 0.12, act_std: float = 0.1, seed: int | None = None):
+    def __init__(self, n: int, aim_std: float = 0.25, act_std: float = 0.1, seed: int | None = None):
         self.n = n
         self.aim_std = aim_std
         self.act_std = act_std
@@ -120,7 +121,7 @@ class NoisyGateExpert:
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
-def collect_demos(num_episodes: int, aim_std: float = 0.12, act_std: float = 0.1, seed: int = 0,
+def collect_demos(num_episodes: int, aim_std: float = 0.25, act_std: float = 0.1, seed: int = 0,
                   max_steps: int = 30) -> list[dict[str, np.ndarray]]:
     """Run the noisy expert; every episode is kept (successes and failures), like raw teleop logs."""
     env = GateReachEnv(num_episodes, GateReachConfig(max_steps=max_steps), seed=seed)

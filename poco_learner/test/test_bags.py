@@ -579,7 +579,9 @@ def test_record_live_sim_episode_then_ingest(tmp_path, ros):
     rc, out = ros.stop(rec, signal.SIGINT)
     assert rc == 0, out
     assert (bag / 'metadata.yaml').exists(), out
-    rep = ingest_bag(bag, tmp_path / 'ds')
+    # Receive-time stamps of a loaded 2-core machine can lag the 15 Hz grid by more than the default 1.5 ticks;
+    # 0.4 s still pairs every command with the joint state it was computed from (checked below).
+    rep = ingest_bag(bag, tmp_path / 'ds', IngestConfig(tolerance_s=0.4))
     assert rep.episodes == 1, rep.summary()
     meta, got = load_dataset_episodes(tmp_path / 'ds')
     a = got[0]['actions']

@@ -63,6 +63,7 @@ class PolicyNodeConfig:
     home_tolerance: float = 0.02        # rad: home reached
     eval_every: int = 5                 # every k-th episode is an evaluation episode (0 = never)
     initial_eval_episodes: int = 0      # the first n episodes evaluate the starting (pre-trained) policy
+    eval_deterministic: bool = True     # evaluation at zero initial noise; False = sample like training
     mode: str = 'train'                 # 'train' | 'eval' | 'hold'
     initial_weights: str = ''           # actor safetensors to start from ('' = wait for the learner)
     reset_timeout_s: float = 10.0
@@ -486,7 +487,8 @@ class PolicyNode(Node):
                 obs = np.concatenate([feats, proprio])
                 # the initial evaluation block measures the starting policy: no swaps until it is over
                 frozen = self.episodes_started <= cfg.initial_eval_episodes
-                chunk = self.runner.new_chunk(obs, deterministic=self.evaluation, allow_swap=not frozen)
+                det = self.evaluation and cfg.eval_deterministic
+                chunk = self.runner.new_chunk(obs, deterministic=det, allow_swap=not frozen)
                 self._publish_chunk(chunk, self.scaler.denormalize(chunk))
             a_norm, chunk_step = self.runner.next_action()
             action_phys = self.scaler.denormalize(a_norm[None])[0]

@@ -424,7 +424,7 @@ class Agent:
 
         With bf16_critic_estep the candidates' Q comes from a bf16 pass (~3x faster than fp32). Measured at
         paper sizes with eta = 0.001 (bench_update.py): it moves the weights less than ONE critic gradient step
-        does (total variation 0.054 vs 0.078; same argmax for 95% vs 92% of the states), i.e. it stays within
+        does (total variation ~0.05 vs ~0.08; same argmax for ~95% vs ~91% of the states), i.e. it stays within
         the noise the critic's own training already puts on the weights. Set False for exact fp32 weights.
         """
         with torch.no_grad():

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poco_policy.config import from_dict as config_from_dict
 from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, bf16_autocast, check_finite,
                                      cpu_supports_bf16, linear_silu)
 
@@ -124,15 +125,8 @@ class AgentConfig:
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, Any]) -> 'AgentConfig':
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f'AgentConfig: unknown keys {sorted(unknown)}; known: {sorted(known)}')
-        kw = dict(d)
-        for k in ('actor_hidden_dims', 'critic_hidden_dims'):
-            if k in kw:
-                kw[k] = tuple(int(h) for h in kw[k])
-        return cls(**kw)
+        # the project's one strict loader: unknown keys are errors, lists become the tuple fields
+        return config_from_dict(cls, dict(d))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> 'AgentConfig':

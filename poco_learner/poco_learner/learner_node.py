@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -24,7 +18,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from poco_msgs.msg import EpisodeEvent, LearnerStatus, PolicyWeights, Transition
 
-from poco_policy.config import declare_ros_parameters, to_dict
+from poco_policy.config import declare_ros_parameters
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)

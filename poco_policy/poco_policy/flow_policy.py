@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poco_policy.config import from_dict as config_from_dict
+
 WEIGHTS_FORMAT = 'poco_flow_policy/1'
 
 
@@ -60,14 +62,8 @@ class FlowPolicyConfig:
 
     @classmethod
     def from_json_dict(cls, d: Mapping[str, Any]) -> 'FlowPolicyConfig':
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f'FlowPolicyConfig: unknown keys {sorted(unknown)}')
-        kw = dict(d)
-        if 'hidden_dims' in kw:
-            kw['hidden_dims'] = tuple(int(h) for h in kw['hidden_dims'])
-        return cls(**kw).validate()
+        # the project's one strict loader: unknown keys are errors, lists become the tuple fields
+        return config_from_dict(cls, dict(d)).validate()
 
 
 @lru_cache(maxsize=1)

@@ -9,16 +9,12 @@ that knows which step the robot is on.
 from __future__ import annotations
 
 import gc
-import json
-import math
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -94,7 +90,6 @@ class PolicyNode(Node):
         self.safety = Safety(SafetyLimits(np.array(cfg.joint_lower), np.array(cfg.joint_upper),
                                           np.array(cfg.ee_box_min), np.array(cfg.ee_box_max), cfg.staleness_s))
         self.rng = np.random.default_rng(cfg.seed)
-        self._lock = threading.RLock()  # e-stop callback vs tick (different callback groups)
 
         # latest inputs, with monotonic receive time
         self.q: Optional[np.ndarray] = None
@@ -120,9 +115,7 @@ class PolicyNode(Node):
         self.success_flag = False
         self.last_cmd: Optional[np.ndarray] = None
         self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions
-        self.tick_times: list[float] = []
 
-        fast = MutuallyExclusiveCallbackGroup()  # e-stop and success must not wait behind a slow tick
         sensors = qos_profile_sensor_data
         self.create_subscription(JointState, 'joint_states', self.on_joint_states, sensors)
         for c in cfg.cameras if cfg.obs_mode == 'pixels' else ():
@@ -130,8 +123,8 @@ class PolicyNode(Node):
         if cfg.obs_mode == 'state':
             self.create_subscription(Float32MultiArray, 'sim/state', self.on_state, sensors)
         self.create_subscription(PoseStamped, 'ee_pose', self.on_ee, sensors)
-        self.create_subscription(Bool, 'poco/estop', self.on_estop, LATCHED, callback_group=fast)
-        self.create_subscription(Bool, 'poco/success', self.on_success, RELIABLE, callback_group=fast)
+        self.create_subscription(Bool, 'poco/estop', self.on_estop, LATCHED)
+        self.create_subscription(Bool, 'poco/success', self.on_success, RELIABLE)
         self.create_subscription(PolicyWeights, 'poco/policy_weights', self.on_weights, LATCHED)
         self.create_subscription(ActionChunk, 'teleop/action', self.on_teleop, RELIABLE)
 
@@ -148,7 +141,7 @@ class PolicyNode(Node):
         self.create_service(SetMode, 'poco/set_mode', self.on_set_mode)
         self.create_service(Trigger, 'poco/start_episode', self.on_start_episode)
         # operator's start button (real robot): same as the service
-        self.create_subscription(Bool, 'poco/start', self.on_start_button, RELIABLE, callback_group=fast)
+        self.create_subscription(Bool, 'poco/start', self.on_start_button, RELIABLE)
         self._reset_future = None
         self._reset_started = 0.0
 
@@ -205,17 +198,17 @@ class PolicyNode(Node):
             self.success_flag = True
 
     def on_estop(self, msg: Bool):
-        with self._lock:
-            if msg.data and not self.estop:
-                self.estop = True
-                self._hold()  # halt now, not at the next tick
-                if self.phase == 'running':
-                    self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
-                self.phase = 'halted'
-                self.get_logger().error('E-STOP engaged: motion halted until reset')
-            elif not msg.data and self.estop:
-                self.estop = False
-                self.get_logger().warn('e-stop released; waiting for a reset')
+        # Single-threaded executor: this runs between ticks, so the hold goes out before the next tick.
+        if msg.data and not self.estop:
+            self.estop = True
+            self._hold()  # halt now, not at the next tick
+            if self.phase == 'running':
+                self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
+            self.phase = 'halted'
+            self.get_logger().error('E-STOP engaged: motion halted until reset')
+        elif not msg.data and self.estop:
+            self.estop = False
+            self.get_logger().warn('e-stop released; waiting for a reset')
 
     def on_weights(self, msg: PolicyWeights):
         try:
@@ -236,21 +229,18 @@ class PolicyNode(Node):
         return resp
 
     def on_start_episode(self, req, resp):
-        with self._lock:
-            if self.estop:
-                resp.success, resp.message = False, 'e-stop engaged'
-            elif self.phase in ('running', 'resetting'):
-                resp.success, resp.message = False, f'episode already {self.phase}'
-            else:
-                self._request_reset()
-                resp.success, resp.message = True, 'resetting'
+        if self.estop:
+            resp.success, resp.message = False, 'e-stop engaged'
+        elif self.phase in ('running', 'resetting'):
+            resp.success, resp.message = False, f'episode already {self.phase}'
+        else:
+            self._request_reset()
+            resp.success, resp.message = True, 'resetting'
         return resp
 
     def on_start_button(self, msg: Bool):
-        if msg.data:
-            with self._lock:
-                if not self.estop and self.phase in ('idle', 'ended', 'halted'):
-                    self._request_reset()
+        if msg.data and not self.estop and self.phase in ('idle', 'ended', 'halted'):
+            self._request_reset()
 
     # ---------------------------------------------------------------- helpers
     def _load_initial(self, path: str):
@@ -413,16 +403,11 @@ class PolicyNode(Node):
 
     # ---------------------------------------------------------------- the 15 Hz tick
     def tick(self):
-        t0 = time.monotonic()
-        with self._lock:
-            try:
-                self._tick()
-            except Exception as e:  # the control loop must survive anything; hold and report
-                self.get_logger().error(f'tick failed: {type(e).__name__}: {e}', throttle_duration_sec=2.0)
-                self._hold()
-        self.tick_times.append(t0)
-        if len(self.tick_times) > 1000:
-            del self.tick_times[:500]
+        try:
+            self._tick()
+        except Exception as e:  # the control loop must survive anything; hold and report
+            self.get_logger().error(f'tick failed: {type(e).__name__}: {e}', throttle_duration_sec=2.0)
+            self._hold()
 
     def _tick(self):
         cfg = self.cfg
@@ -495,8 +480,7 @@ class PolicyNode(Node):
         delta = np.clip(action_phys[:6], -cfg.max_joint_delta, cfg.max_joint_delta)
         action_phys[:6] = delta
         action_phys[6] = float(np.clip(action_phys[6], 0.0, 1.0))
-        q_now = self.q.copy()
-        self._send(self.safety.clamp_targets(q_now + delta), action_phys[6])
+        self._send(self.safety.clamp_targets(self.q + delta), action_phys[6])
         # Encoding for the learner happens after the command went out, so it adds no control jitter
         # (the images and joint state used are the ones this tick acted on).
         if feats is None:

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-
-log = logging.getLogger('poco_policy.runtime')
 
 
 class WeightsRejected(ValueError):
@@ -167,7 +163,3 @@ def image_to_array(height: int, width: int, encoding: str, step: int, data) -> n
     elif encoding == 'mono8':
         img = np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img)
-
-
-def percentile_ms(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1e3, q)) if samples else math.nan

@@ -481,6 +481,7 @@ class IngestReport:
     dropped: list = field(default_factory=list)     # (episode_id, reason)
     warnings: list = field(default_factory=list)
     clipped_deltas: int = 0
+    stamp_aligned_steps: int = 0                    # joint states picked by the transition's stamp (exact)
     seconds: float = 0.0
     frames: int = 0
     buffer: Optional[str] = None
@@ -491,6 +492,8 @@ class IngestReport:
              f'in {self.seconds:.2f} s ({fps:.0f} frames/s)')
         if self.dropped:
             s += f'; dropped {len(self.dropped)}: ' + '; '.join(f'episode {e}: {r}' for e, r in self.dropped)
+        if self.stamp_aligned_steps:
+            s += f'; {self.stamp_aligned_steps} observations matched to poco/transition by stamp'
         if self.clipped_deltas:
             s += f'; {self.clipped_deltas} joint deltas clipped to max_joint_delta'
         return s
@@ -532,6 +535,10 @@ def _segment(events: list[tuple[int, Any]], cfg: IngestConfig, report: IngestRep
     if cur is not None:
         drop_open('the bag ends before the episode does')
     return eps
+
+
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _latest_at_or_before(times: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -642,10 +649,11 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
     tol = cfg.tol_ns
 
     # Pass 1: everything but pixels (small), plus image log times (to align without holding frames in memory).
-    jt, jq, ct, cq, events, success_t = [], [], [], [], [], []
+    jt, jq, jh, ct, cq, events, success_t = [], [], [], [], [], [], []
     img_t: dict[str, list[int]] = {c: [] for c in CAMERAS}
     trans_iv: dict[tuple[int, int], bool] = {}
     trans_act: dict[tuple[int, int], np.ndarray] = {}   # what the policy node says it executed (cross-check)
+    trans_obs: dict[tuple[int, int], int] = {}          # header stamp of the joint state each step acted on
     small = [T_JOINTS, T_COMMANDS, T_EVENT, T_SUCCESS]
     if reader.has(T_TRANSITION):
         small.append(T_TRANSITION)
@@ -653,6 +661,7 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
         w = f'{where}: {rel} at t={t} ns'
         if rel == T_JOINTS:
             jt.append(t); jq.append(joint_vector(m, w))  # noqa: E702
+            jh.append(_ns(m.header.stamp))
         elif rel == T_COMMANDS:
             ct.append(t); cq.append(joint_vector(m, w))  # noqa: E702
         elif rel == T_EVENT:
@@ -660,7 +669,10 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
         elif rel == T_SUCCESS:
             if bool(m.data):
                 success_t.append(t)
-        elif rel == T_TRANSITION and not m.final_observation:
+        elif rel == T_TRANSITION:
+            trans_obs[(int(m.episode_id), int(m.step_index))] = _ns(m.header.stamp)
+            if m.final_observation:
+                continue
             trans_iv[(int(m.episode_id), int(m.step_index))] = bool(m.intervention)
             if len(m.action) == ARM_DOF + 1:
                 trans_act[(int(m.episode_id), int(m.step_index))] = np.asarray(m.action, np.float32)
@@ -674,6 +686,9 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
     jt_a, jq_a = np.asarray(jt, np.int64), np.asarray(jq, np.float64)
     ct_a, cq_a = np.asarray(ct, np.int64), np.asarray(cq, np.float64)
     it_a = {c: np.asarray(v, np.int64) for c, v in img_t.items()}
+    # Joint states by header stamp. Arrival order at the recorder does not tell which joint state the policy
+    # had when it sent a command (the two race by a few ms); the transition's stamp does.
+    by_stamp = {h: i for i, h in enumerate(jh) if h > 0} if trans_obs else {}
     succ_a = np.asarray(success_t, np.int64)
 
     if len(ct_a) > 3:
@@ -724,6 +739,13 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
                 raise BagError(f'{where}: episode {e.episode_id}: {problem}')
             report.dropped.append((e.episode_id, problem))
             continue
+        if by_stamp:
+            js = sel['joint_states']
+            for i in range(len(js)):
+                j = by_stamp.get(trans_obs.get((e.episode_id, i), 0))
+                if j is not None and abs(int(jt_a[j]) - int(c_t[min(i, len(c_t) - 1)])) <= 2 * tol:
+                    js[i] = j
+                    report.stamp_aligned_steps += 1
         plans.append((e, cidx, sel))
     if not plans:
         raise BagError(f'{where}: no usable episodes ({len(eps)} segmented; dropped: {report.dropped}; '

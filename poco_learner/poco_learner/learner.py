@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -19,6 +20,45 @@ import numpy as np
 from poco_learner.episodes import EpisodeAssembler, RewardConfig
 
 ACTION_DIM = 7
+
+
+@dataclass
+class LearnerConfig:
+    """The learner node's parameters (YAML keys = ROS parameter names)."""
+    run_dir: str = 'runs/default'        # buffer/, checkpoints/, learner_state.json
+    demo_dataset: str = ''               # episode dataset directory loaded as demos (once per run dir)
+    initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
+    preset: str = ''                     # AgentConfig preset name ('' = defaults)
+    algorithm: str = ''                  # override: poco | poco_noclip | bc | qc_best_of_n
+    obs_mode: str = 'pixels'
+    feature_dim: int = 64
+    image_size: int = 128
+    encoder_checkpoint: str = ''
+    max_joint_delta: float = 0.05
+    horizon: int = 0                     # 0 = from preset
+    hidden_dim: int = 0                  # 0 = from preset
+    hidden_layers: int = 0
+    batch_size: int = 0
+    num_candidates: int = 0
+    flow_steps: int = 0
+    critic_warmup_steps: int = -1        # -1 = from preset
+    eta: float = -1.0                    # softmax temperature on Q (E-step); <0 = from preset
+    beta: float = -1.0                   # posterior guidance scale; <0 = from preset
+    zeta: float = -1.0                   # clip threshold of the candidate loss; <0 = from preset
+    bc_data: str = ''                    # data term: 'buffer' (paper) | 'demos'; '' = from preset
+    pretrain_steps: int = 2000
+    utd_ratio: float = 1.0               # gradient updates per new online step
+    publish_every: int = 50              # updates between weight publications
+    checkpoint_every_s: float = 60.0
+    status_rate_hz: float = 1.0
+    demo_ratio: float = -1.0             # <0: uniform over all steps
+    buffer_capacity: int = 1_000_000
+    success_reward: float = 1.0
+    step_penalty: float = 0.0
+    failure_penalty: float = 0.0
+    learn_from_eval: bool = True
+    torch_threads: int = 1
+    seed: int = 0
 
 
 class Learner:
@@ -33,6 +73,9 @@ class Learner:
         self.lock = threading.RLock()          # buffer access: ROS callbacks vs train thread
         self.agent_lock = threading.Lock()
         self.publish_fn: Optional[Callable[[int, bytes, dict], None]] = None
+        # Called (from the train thread) right after the phase changes, so a status goes out at every
+        # transition even when a phase lasts less than one status period.
+        self.phase_fn: Optional[Callable[[], None]] = None
         self.buffer = None
         self.agent = None
         self.assembler: Optional[EpisodeAssembler] = None
@@ -223,8 +266,16 @@ class Learner:
             self._train_loop_inner()
         except Exception as e:  # surface the error in the status instead of dying silently
             import traceback
-            self.state['phase'] = 'error'
+            self._set_phase('error')
             self.log('error', f'training thread failed: {e}\n{traceback.format_exc()}')
+
+    def _set_phase(self, phase: str):
+        if self.state['phase'] == phase:
+            return
+        old, self.state['phase'] = self.state['phase'], phase
+        self.log('info', f'phase {old} -> {phase}')
+        if self.phase_fn is not None:
+            self.phase_fn()
 
     def _train_loop_inner(self):
         cfg = self.cfg
@@ -237,7 +288,7 @@ class Learner:
             st = self.state
             did = False
             if st['pretrain_done'] < cfg.pretrain_steps:
-                st['phase'] = 'pretrain'
+                self._set_phase('pretrain')
                 batch = self._sample(a.batch_size)
                 with self.agent_lock:
                     self.losses = self.agent.pretrain_step(batch)
@@ -262,7 +313,7 @@ class Learner:
                 new_steps = self._online_steps() - st['online_steps_at_start']
                 allowed = a.critic_warmup_steps + cfg.utd_ratio * new_steps
                 if warm or st['warmup_done'] + st['online_updates'] < allowed:
-                    st['phase'] = 'warmup' if warm else 'poco'
+                    self._set_phase('warmup' if warm else 'poco')
                     batch = self._sample(a.batch_size)
                     with self.agent_lock:
                         self.losses = self.agent.update(batch, actor_frozen=warm)
@@ -310,7 +361,8 @@ class Learner:
         return len(self.buffer) if self.buffer is not None else 0
 
     def status(self) -> dict:
-        s = self.buffer.stats() if self.buffer is not None else {}
+        with self.lock:  # also called from the train thread (phase changes) while callbacks append
+            s = self.buffer.stats() if self.buffer is not None else {}
         st = self.state
         phase_step = {'pretrain': st['pretrain_done'], 'warmup': st['warmup_done'],
                       'poco': st['online_updates']}.get(st['phase'], 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -19,47 +18,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from poco_msgs.msg import EpisodeEvent, LearnerStatus, PolicyWeights, Transition
 
 from poco_policy.config import declare_ros_parameters
+from poco_learner.learner import LearnerConfig as LearnerNodeConfig  # one config, same names as ROS params
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
-
-
-@dataclass
-class LearnerNodeConfig:
-    run_dir: str = 'runs/default'        # buffer/, checkpoints/, learner_state.json
-    demo_dataset: str = ''               # episode dataset directory loaded as demos (once per run dir)
-    initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
-    preset: str = ''                     # AgentConfig preset name ('' = defaults)
-    algorithm: str = ''                  # override: poco | poco_noclip | bc | qc_best_of_n
-    obs_mode: str = 'pixels'
-    feature_dim: int = 64
-    image_size: int = 128
-    encoder_checkpoint: str = ''
-    max_joint_delta: float = 0.05
-    horizon: int = 0                     # 0 = from preset
-    hidden_dim: int = 0                  # 0 = from preset
-    hidden_layers: int = 0
-    batch_size: int = 0
-    num_candidates: int = 0
-    flow_steps: int = 0
-    critic_warmup_steps: int = -1        # -1 = from preset
-    eta: float = -1.0                    # softmax temperature on Q (E-step); <0 = from preset
-    beta: float = -1.0                   # posterior guidance scale; <0 = from preset
-    zeta: float = -1.0                   # clip threshold of the candidate loss; <0 = from preset
-    bc_data: str = ''                    # data term: 'buffer' (paper) | 'demos'; '' = from preset
-    pretrain_steps: int = 2000
-    utd_ratio: float = 1.0               # gradient updates per new online step
-    publish_every: int = 50              # updates between weight publications
-    checkpoint_every_s: float = 60.0
-    status_rate_hz: float = 1.0
-    demo_ratio: float = -1.0             # <0: uniform over all steps
-    buffer_capacity: int = 1_000_000
-    success_reward: float = 1.0
-    step_penalty: float = 0.0
-    failure_penalty: float = 0.0
-    learn_from_eval: bool = True
-    torch_threads: int = 1
-    seed: int = 0
 
 
 class LearnerNode(Node):
@@ -78,6 +40,7 @@ class LearnerNode(Node):
         self.status_pub = self.create_publisher(LearnerStatus, 'poco/learner_status', QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
         self.core.publish_fn = self.publish_weights
+        self.core.phase_fn = self.publish_status
         self.create_timer(1.0 / max(cfg.status_rate_hz, 0.1), self.publish_status)
         self.create_timer(0.5, self.core.poll)
         self.core.start()

@@ -1,0 +1,74 @@
+"""The ROS-free Learner: phases in order, each announced even when it is shorter than a status period,
+and a restart resumes phase, counters and buffer."""
+import threading
+import time
+
+import numpy as np
+
+from poco_learner.episodes import START, SUCCESS, TIMEOUT
+from poco_learner.learner import Learner, LearnerConfig
+
+FEAT = 4
+
+
+def _episode(core: Learner, eid: int, n: int, success: bool, rng):
+    core.on_event(eid, START, 0, False)
+    for t in range(n):
+        core.on_transition(eid, t, rng.normal(size=FEAT).astype(np.float32), np.zeros(7, np.float32),
+                           rng.uniform(-0.04, 0.04, 7).astype(np.float32), False, False)
+    core.on_transition(eid, n, rng.normal(size=FEAT).astype(np.float32), np.zeros(7, np.float32), [], False, True)
+    core.on_event(eid, SUCCESS if success else TIMEOUT, n, False)
+
+
+def _wait(pred, timeout):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_phases_are_announced_in_order_and_resume(tmp_path):
+    cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', hidden_dim=32, hidden_layers=2,
+                        batch_size=8, num_candidates=4, flow_steps=2, horizon=3, pretrain_steps=15,
+                        critic_warmup_steps=3, utd_ratio=1.0, publish_every=5, checkpoint_every_s=3600)
+    logs = []
+    core = Learner(cfg, log=lambda lvl, s: logs.append(s))
+    seen = []
+    lock = threading.Lock()
+
+    def on_phase():
+        with lock:
+            seen.append(core.status())   # what the node publishes at that moment
+    core.phase_fn = on_phase
+    published = []
+    core.publish_fn = lambda v, payload, meta: published.append((v, meta['phase']))
+    rng = np.random.default_rng(0)
+    for e in range(3):
+        _episode(core, e + 1, 12, e == 0, rng)
+    core.start()
+    try:
+        # warm-up is 3 updates (milliseconds): a periodic status would miss it, the announcement must not
+        assert _wait(lambda: core.state['warmup_done'] >= 3, 60), logs[-5:]
+        for e in range(3, 6):   # new online steps allow POCO updates (update-to-data pacing)
+            _episode(core, e + 1, 12, False, rng)
+        assert _wait(lambda: core.state['online_updates'] >= 10, 60), logs[-5:]
+    finally:
+        core.stop()
+    phases = [s['phase'] for s in seen]
+    assert phases == ['pretrain', 'warmup', 'poco'], phases
+    assert seen[1]['update_step'] == cfg.pretrain_steps     # announced as the phase began
+    assert any('phase warmup -> poco' in s for s in logs)
+    assert published[0] == (1, 'pretrain') and len(published) >= 3
+    n_steps = core.buffer_len()
+    done = dict(core.state)
+
+    again = Learner(cfg, log=lambda lvl, s: None)
+    try:
+        assert again.buffer_len() == n_steps == 6 * 12
+        assert again.state['phase'] == 'poco'
+        assert again.state['online_updates'] == done['online_updates']
+        assert again.state['weights_version'] == done['weights_version']
+    finally:
+        again.stop()

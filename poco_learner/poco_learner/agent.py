@@ -1,7 +1,8 @@
 """POCO agent: flow-matching chunk actor + chunk critic, offline BC and online POCO / baselines (no ROS).
 
-One file on purpose (in the spirit of the Flow Q-Learning / Q-chunking agents): config, networks, losses,
-update rules and checkpoints, readable top to bottom.
+One file on purpose (in the spirit of the Flow Q-Learning / Q-chunking agents): config, losses, update rules
+and checkpoints, readable top to bottom. The networks live in poco_policy (flow_policy.FlowChunkPolicy,
+chunk_critic.ChunkCritic) because the robot runs them too.
 
 Algorithm (POCO paper, Sec. IV and Algorithm 1; notation a = a_{t:t+T}, flattened):
   Stage I   pretrain_step:  min_theta E_D[ L_BC(a|s) ]                                         (Eq. 24)
@@ -30,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -38,12 +38,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from poco_policy.config import from_dict as config_from_dict
+from poco_policy.chunk_critic import ChunkCritic, select_best
+from poco_policy.chunk_critic import aggregate as _agg
 from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, bf16_autocast, check_finite,
-                                     cpu_supports_bf16, linear_silu)
+                                     cpu_supports_bf16)
 
 ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
 # settings that define tensor shapes (fixed once an agent exists)
@@ -197,63 +197,6 @@ PRESET_ENV_INFO: dict[str, dict[str, Any]] = {
 }
 
 
-# ================================================================================================ critic
-class _CriticMember(nn.Module):
-    """Q(s, a): MLP with the first layer split like the actor's (obs part reusable across candidates),
-    Linear -> SiLU -> LayerNorm per hidden layer, linear scalar output."""
-
-    def __init__(self, obs_dim: int, chunk_dim: int, hidden: tuple[int, ...]):
-        super().__init__()
-        self.obs_in = nn.Linear(obs_dim, hidden[0])
-        self.act_in = nn.Linear(chunk_dim, hidden[0], bias=False)
-        self.norm0 = nn.LayerNorm(hidden[0])
-        layers: list[nn.Module] = []
-        for i in range(1, len(hidden)):
-            layers += [nn.Linear(hidden[i - 1], hidden[i]), nn.SiLU(), nn.LayerNorm(hidden[i])]
-        layers += [nn.Linear(hidden[-1], 1)]
-        self.trunk = nn.Sequential(*layers)
-        bound = 1.0 / math.sqrt(obs_dim + chunk_dim)   # start like one linear layer on concat(s, a)
-        with torch.no_grad():
-            for p in (self.obs_in.weight, self.obs_in.bias, self.act_in.weight):
-                p.uniform_(-bound, bound)
-
-    def q_encoded(self, h_obs: torch.Tensor, a_flat: torch.Tensor) -> torch.Tensor:
-        x = self.norm0(F.silu(h_obs + self.act_in(a_flat)))
-        return self.trunk(x).squeeze(-1)
-
-    @torch.no_grad()
-    def q_encoded_bf16(self, h_obs: torch.Tensor, a_flat: torch.Tensor) -> torch.Tensor:
-        """Inference-only bf16 twin of q_encoded (fused linear+SiLU, bf16 LayerNorm, fp32 output layer)."""
-        bf = torch.bfloat16
-        lead = torch.broadcast_shapes(h_obs.shape[:-1], a_flat.shape[:-1])
-        x = F.silu(h_obs.to(bf) + F.linear(a_flat.to(bf), self.act_in.weight.to(bf)))
-        x = x.reshape(-1, x.shape[-1])
-        x = F.layer_norm(x, x.shape[-1:], self.norm0.weight.to(bf), self.norm0.bias.to(bf))
-        mods = list(self.trunk)
-        for i in range(0, len(mods) - 1, 3):                 # (Linear, SiLU, LayerNorm) blocks
-            lin, ln = mods[i], mods[i + 2]
-            x = linear_silu(x, lin.weight.to(bf), lin.bias.to(bf))
-            x = F.layer_norm(x, x.shape[-1:], ln.weight.to(bf), ln.bias.to(bf))
-        return F.linear(x.float(), mods[-1].weight, mods[-1].bias).reshape(lead)
-
-
-class ChunkCritic(nn.Module):
-    """Ensemble of chunk critics. forward(obs [B, D], a [B, (N,) T*A]) -> [E, B(, N)]."""
-
-    def __init__(self, obs_dim: int, chunk_dim: int, hidden: tuple[int, ...], num_critics: int):
-        super().__init__()
-        self.members = nn.ModuleList(_CriticMember(obs_dim, chunk_dim, hidden) for _ in range(num_critics))
-
-    def forward(self, obs: torch.Tensor, a_flat: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        extra = a_flat.dim() - obs.dim()               # candidate dims: encode the state once, broadcast
-        out = []
-        for mem in self.members:
-            h = mem.obs_in(obs)                        # fp32, once per state
-            h = h.reshape(h.shape[0], *([1] * extra), h.shape[-1])
-            out.append(mem.q_encoded_bf16(h, a_flat) if bf16 else mem.q_encoded(h, a_flat))
-        return torch.stack(out, 0)
-
-
 def poco_objective(l_data: torch.Tensor, l_cand: torch.Tensor, w: torch.Tensor, beta: float, zeta: float,
                    clip: bool = True) -> torch.Tensor:
     """Eq. 23 for one batch: mean_b[ L_BC(a_data|s_b) + beta * sum_j w_bj * clip(L_BC(a^j|s_b), 0, zeta) ].
@@ -264,10 +207,6 @@ def poco_objective(l_data: torch.Tensor, l_cand: torch.Tensor, w: torch.Tensor, 
     """
     term = l_cand.clamp(0.0, zeta) if clip else l_cand
     return l_data.mean() + beta * (w * term).sum() / l_data.shape[0]
-
-
-def _agg(q: torch.Tensor, how: str) -> torch.Tensor:
-    return q.mean(0) if how == 'mean' else q.min(0).values
 
 
 # ================================================================================================= agent
@@ -348,10 +287,7 @@ class Agent:
         n = self.cfg.num_candidates
         cands = self.sample_candidates(obs, 1 if deterministic else n, generator=generator,
                                        deterministic=deterministic)
-        q = _agg(critic(obs, cands), self.cfg.critic_agg)                  # [B, N]
-        idx = q.argmax(1)
-        ar = torch.arange(obs.shape[0])
-        return cands[ar, idx], q[ar, idx]
+        return select_best(critic, obs, cands, self.cfg.critic_agg)
 
     # ---------------------------------------------------------------------------------------- Stage I
     def pretrain_step(self, batch: Mapping[str, Any]) -> dict[str, float]:

@@ -139,11 +139,9 @@ class _ActorOnly:
         self.gen = torch.Generator().manual_seed(seed)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        torch, cfg = self.torch, self.policy.cfg
+        torch = self.torch
         x = torch.as_tensor(np.asarray(obs, np.float32)).reshape(1, -1)
-        noise = torch.zeros(1, 1, cfg.chunk_dim) if deterministic else torch.randn(1, 1, cfg.chunk_dim,
-                                                                                      generator=self.gen)
-        return self.policy.sample(x, 1, noise=noise)[0, 0].numpy()
+        return self.policy.act(x, deterministic, generator=self.gen)[0].numpy()
 
 
 def _load_actor_meta(prefix: str) -> dict:

@@ -244,9 +244,13 @@ class Learner:
             return self.buffer.sample(batch_size, a.horizon, a.gamma, self._rng)
 
     def _publish(self):
-        from poco_policy.flow_policy import weights_to_bytes
+        from poco_policy.flow_policy import BestOfN, weights_to_bytes
+        a = self.agent.cfg
+        # the QC baseline acts with the argmax-Q of N chunks: its critic goes to the robot with the actor
+        sel = (BestOfN(self.agent.critic, a.num_candidates, a.critic_agg)
+               if a.algorithm == 'qc_best_of_n' and self.state['phase'] != 'pretrain' else None)
         with self.agent_lock:
-            payload, meta = weights_to_bytes(self.agent.actor)
+            payload, meta = weights_to_bytes(self.agent.actor, best_of_n=sel)
         self.state['weights_version'] += 1
         self._published_once = True
         meta['update_step'] = self.state['online_updates']

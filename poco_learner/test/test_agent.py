@@ -234,6 +234,30 @@ def test_act_shapes_determinism_and_best_of_n():
     np.testing.assert_array_equal(chosen, best)
 
 
+def test_qc_weights_make_the_robot_act_like_the_agent():
+    """What the learner publishes for the QC baseline (actor + critic) makes the policy node pick the same
+    argmax-Q chunk as the agent, from the same noise; without the critic it would just sample."""
+    from poco_policy.flow_policy import BestOfN, policy_from_bytes, weights_to_bytes
+    rng = np.random.default_rng(8)
+    qc = Agent(small_config(algorithm='qc_best_of_n', critic_agg='min'))
+    _train_some(qc, rng)
+    payload, meta = weights_to_bytes(qc.actor, best_of_n=BestOfN(qc.critic, 6, 'min'))
+    robot = policy_from_bytes(payload, json.dumps(meta))
+    assert robot.best_of_n is not None and robot.best_of_n.num_candidates == 6
+    obs = rng.standard_normal((3, D)).astype(np.float32)
+    state = qc.act_gen.get_state()
+    want = qc.act(obs)
+    g = torch.Generator()
+    g.set_state(state)
+    got = robot.act(torch.as_tensor(obs), generator=g).numpy()
+    np.testing.assert_array_equal(got, want)
+    g.set_state(state)
+    plain = policy_from_bytes(*weights_to_bytes(qc.actor)).act(torch.as_tensor(obs), generator=g).numpy()
+    assert not np.array_equal(plain, want)       # best-of-6 differs from the first sample
+    np.testing.assert_array_equal(robot.act(torch.as_tensor(obs), deterministic=True).numpy(),
+                                  qc.act(obs, deterministic=True))
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 def _train_some(agent: Agent, rng: np.random.Generator) -> None:
     for _ in range(2):

@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from poco_learner.episodes import START, SUCCESS, TIMEOUT
 from poco_learner.learner import Learner, LearnerConfig
@@ -29,8 +30,10 @@ def _wait(pred, timeout):
     return False
 
 
-def test_phases_are_announced_in_order_and_resume(tmp_path):
+@pytest.mark.parametrize('algorithm', ['poco', 'qc_best_of_n'])
+def test_phases_are_announced_in_order_and_resume(tmp_path, algorithm):
     cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', hidden_dim=32, hidden_layers=2,
+                        algorithm=algorithm,
                         batch_size=8, num_candidates=4, flow_steps=2, horizon=3, pretrain_steps=15,
                         critic_warmup_steps=3, utd_ratio=1.0, publish_every=5, checkpoint_every_s=3600)
     logs = []
@@ -43,7 +46,7 @@ def test_phases_are_announced_in_order_and_resume(tmp_path):
             seen.append(core.status())   # what the node publishes at that moment
     core.phase_fn = on_phase
     published = []
-    core.publish_fn = lambda v, payload, meta: published.append((v, meta['phase']))
+    core.publish_fn = lambda v, payload, meta: published.append((v, meta['phase'], 'best_of_n' in meta))
     rng = np.random.default_rng(0)
     for e in range(3):
         _episode(core, e + 1, 12, e == 0, rng)
@@ -60,7 +63,9 @@ def test_phases_are_announced_in_order_and_resume(tmp_path):
     assert phases == ['pretrain', 'warmup', 'poco'], phases
     assert seen[1]['update_step'] == cfg.pretrain_steps     # announced as the phase began
     assert any('phase warmup -> poco' in s for s in logs)
-    assert published[0] == (1, 'pretrain') and len(published) >= 3
+    assert published[0] == (1, 'pretrain', False) and len(published) >= 3
+    # the QC baseline acts with argmax-Q on the robot: its online weights carry the critic
+    assert all(p[2] == (algorithm == 'qc_best_of_n') for p in published[1:]), published
     n_steps = core.buffer_len()
     done = dict(core.state)
 

@@ -25,9 +25,9 @@ Same weights and noise: the two chunks are checked to agree.
 All ROS processes get ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and one ROS_DOMAIN_ID (random in 150..230 unless
 --domain-id; a run refuses to start in a domain that already has other nodes). Children run in their own process
 groups and are always killed at the end (SIGINT, then SIGTERM, then SIGKILL), also when this script gets SIGTERM.
-Node logs go to a temp directory printed as `logs` in the JSON. The sim stamps its messages with its own tick
-clock (start time + ticks / rate), so "sim stamp -> observation here" contains the sim's stamping offset as well
-as transport; "observation here -> chunk here" is the policy node's own share (tick wait + encode + sample +
+Node logs go to a temp directory printed as `logs` in the JSON. The sim stamps its messages with the wall clock
+when a tick's observation is ready (as a driver stamps at capture), so "sim stamp -> observation here" is
+publish + transport; "observation here -> chunk here" is the policy node's own share (tick wait + encode + sample +
 publish + delivery). Jitter has no naive reference (a timer has nothing to compare against); the reference is the
 ideal 1/15 s.
 

@@ -115,12 +115,21 @@ def bf16_autocast(enabled: bool):
     return torch.autocast('cpu', dtype=torch.bfloat16)
 
 
+@dataclass
+class BestOfN:
+    """Act with the argmax-Q of N sampled chunks (the QC best-of-N baseline) instead of one sample."""
+    critic: nn.Module            # poco_policy.chunk_critic.ChunkCritic
+    num_candidates: int
+    critic_agg: str = 'mean'     # over the critic ensemble: 'mean' | 'min'
+
+
 class FlowChunkPolicy(nn.Module):
     """SiLU MLP velocity field over the flattened chunk with a split first layer (see module docstring)."""
 
     def __init__(self, cfg: FlowPolicyConfig):
         super().__init__()
         self.cfg = cfg.validate()
+        self.best_of_n: BestOfN | None = None   # set by policy_from_bytes when the weights carry a critic
         h = cfg.hidden_dims
         da = cfg.chunk_dim
         self.obs_in = nn.Linear(cfg.obs_dim, h[0])             # W_s s + b  (cached per state)
@@ -237,6 +246,24 @@ class FlowChunkPolicy(nn.Module):
         return a.reshape(B, N, cfg.horizon, cfg.action_dim)
 
 
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """The chunk to execute, obs [B, D] -> [B, T, A]: one sample (zero noise when deterministic), or with
+        `best_of_n` the argmax-Q of N samples (deterministic: the single zero-noise sample, as the learner's
+        agent does)."""
+        cfg, sel = self.cfg, self.best_of_n
+        B = obs.shape[0]
+        n = 1 if sel is None or deterministic else sel.num_candidates
+        noise = torch.zeros(B, n, cfg.chunk_dim) if deterministic else None
+        a = self.sample(obs, n, noise=noise, generator=generator)
+        if n == 1:
+            return a[:, 0]
+        from poco_policy.chunk_critic import select_best
+        best, _ = select_best(sel.critic, obs, a.reshape(B, n, cfg.chunk_dim), sel.critic_agg)
+        return best.reshape(B, cfg.horizon, cfg.action_dim)
+
+
 # ------------------------------------------------------------------------------------------ serialisation
 def state_is_finite(tensors: Mapping[str, torch.Tensor] | nn.Module) -> bool:
     """True when every floating tensor (module parameters/buffers or a state dict) is finite."""
@@ -256,21 +283,46 @@ def payload_sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def weights_to_bytes(policy: FlowChunkPolicy, extra: Mapping[str, Any] | None = None) -> tuple[bytes, dict]:
+def weights_to_bytes(policy: FlowChunkPolicy, extra: Mapping[str, Any] | None = None,
+                     best_of_n: BestOfN | None = None) -> tuple[bytes, dict]:
     """Serialise the actor to safetensors bytes. Returns (payload, metadata).
 
     metadata is a JSON-able dict: {'format', 'config' (dict), 'sha256', **extra}; the same config is also
-    stored in the safetensors header so the bytes alone are self-describing.
+    stored in the safetensors header so the bytes alone are self-describing. With `best_of_n` the critic's
+    tensors travel in the same payload as 'critic.*' and its spec as 'best_of_n' (header and metadata).
     Refuses non-finite weights.
     """
     from safetensors.torch import save as st_save
     state = {k: v.detach().to('cpu').contiguous() for k, v in policy.state_dict().items()}
-    check_finite(state, 'policy weights')
     cfg_dict = policy.cfg.to_json_dict()
-    payload = st_save(state, metadata={'format': WEIGHTS_FORMAT, 'config': json.dumps(cfg_dict, sort_keys=True)})
+    header = {'format': WEIGHTS_FORMAT, 'config': json.dumps(cfg_dict, sort_keys=True)}
+    sel = None
+    if best_of_n is not None:
+        sel = {'num_candidates': int(best_of_n.num_candidates), 'critic_agg': best_of_n.critic_agg,
+               'critic': dict(best_of_n.critic.spec)}
+        _check_best_of_n(sel, policy.cfg)
+        state.update({'critic.' + k: v.detach().to('cpu').contiguous()
+                      for k, v in best_of_n.critic.state_dict().items()})
+        header['best_of_n'] = json.dumps(sel, sort_keys=True)
+    check_finite(state, 'policy weights')
+    payload = st_save(state, metadata=header)
     meta: dict[str, Any] = dict(extra or {})
     meta.update({'format': WEIGHTS_FORMAT, 'config': cfg_dict, 'sha256': payload_sha256(payload)})
+    if sel is not None:
+        meta['best_of_n'] = sel
     return payload, meta
+
+
+def _check_best_of_n(sel: Mapping[str, Any], cfg: FlowPolicyConfig) -> None:
+    try:
+        c = sel['critic']
+        ok = (int(sel['num_candidates']) >= 1 and sel['critic_agg'] in ('mean', 'min')
+              and int(c['obs_dim']) == cfg.obs_dim and int(c['chunk_dim']) == cfg.chunk_dim
+              and int(c['num_critics']) >= 1 and len(c['hidden']) >= 1 and all(int(h) >= 1 for h in c['hidden']))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'policy weights: malformed best_of_n spec: {e!r}') from e
+    if not ok:
+        raise ValueError(f'policy weights: best_of_n spec does not fit the actor: {dict(sel)}')
 
 
 def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None = None) -> FlowChunkPolicy:
@@ -305,7 +357,24 @@ def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None =
     except Exception as e:  # safetensors raises its own error types on corrupt input
         raise ValueError(f'policy weights: cannot parse safetensors payload: {e}') from e
     check_finite(state, 'policy weights')
+    sel = json.loads(header['best_of_n']) if 'best_of_n' in header else None
+    if metadata.get('best_of_n') is not None and metadata['best_of_n'] != sel:
+        raise ValueError('policy weights: metadata best_of_n disagrees with payload header')
+    critic_state = {k[len('critic.'):]: state.pop(k) for k in [k for k in state if k.startswith('critic.')]}
     policy = FlowChunkPolicy(cfg)
+    if sel is not None:
+        from poco_policy.chunk_critic import ChunkCritic
+        _check_best_of_n(sel, cfg)
+        c = sel['critic']
+        critic = ChunkCritic(int(c['obs_dim']), int(c['chunk_dim']), tuple(int(h) for h in c['hidden']),
+                             int(c['num_critics']))
+        want = critic.state_dict()
+        if set(critic_state) != set(want) or any(critic_state[k].shape != want[k].shape for k in want):
+            raise ValueError('policy weights: critic tensor names/shapes do not match its best_of_n spec')
+        critic.load_state_dict(critic_state, strict=True)
+        policy.best_of_n = BestOfN(critic.eval(), int(sel['num_candidates']), sel['critic_agg'])
+    elif critic_state:
+        raise ValueError('policy weights: critic tensors without a best_of_n spec')
     expected = policy.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise ValueError('policy weights: tensor names/shapes do not match the config')

@@ -259,10 +259,7 @@ class PolicyNode(Node):
         torch = self._torch
         with torch.inference_mode():
             o = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
-            noise = None
-            if deterministic:
-                noise = torch.zeros(1, 1, policy.cfg.horizon * policy.cfg.action_dim)
-            chunk = policy.sample(o, num_samples=1, noise=noise)
+            chunk = policy.act(o, deterministic=deterministic)   # best-of-N when the weights carry a critic
         return chunk.reshape(policy.cfg.horizon, policy.cfg.action_dim).cpu().numpy()
 
     def _observation(self) -> tuple[np.ndarray, np.ndarray]:

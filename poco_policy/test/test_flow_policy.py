@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, check_finite, cpu_supports_bf16,
+from poco_policy.chunk_critic import ChunkCritic
+from poco_policy.flow_policy import (BestOfN, FlowChunkPolicy, FlowPolicyConfig, check_finite, cpu_supports_bf16,
                                      policy_from_bytes, state_is_finite, weights_to_bytes)
 
 D, A, T = 6, 3, 4
@@ -195,3 +196,34 @@ def test_weights_bytes_reject_bad_input():
                   metadata={'format': meta['format'], 'config': json.dumps(meta['config'])})
     with pytest.raises(ValueError, match='NaN or Inf'):
         policy_from_bytes(bad, {'config': meta['config']})
+
+
+def test_weights_with_critic_act_best_of_n_and_reject_mismatches():
+    p = make_policy()
+    torch.manual_seed(1)
+    critic = ChunkCritic(D, T * A, (16, 16), 2)
+    payload, meta = weights_to_bytes(p, best_of_n=BestOfN(critic, 5, 'mean'))
+    q = policy_from_bytes(payload, json.dumps(meta))
+    assert q.best_of_n.num_candidates == 5 and set(q.state_dict()) == set(p.state_dict())
+    obs = torch.randn(2, D)
+    g = torch.Generator().manual_seed(3)
+    chosen = q.act(obs, generator=g)
+    cands = p.sample(obs, 5, generator=torch.Generator().manual_seed(3)).reshape(2, 5, T * A)
+    qv = critic(obs, cands).mean(0)
+    torch.testing.assert_close(chosen.reshape(2, -1), cands[torch.arange(2), qv.argmax(1)], rtol=0, atol=0)
+    assert policy_from_bytes(payload).best_of_n is not None            # the header alone is enough
+    assert policy_from_bytes(*weights_to_bytes(p)).best_of_n is None   # plain actor: plain sampling
+    with pytest.raises(ValueError, match='best_of_n'):
+        policy_from_bytes(payload, dict(meta, best_of_n=dict(meta['best_of_n'], num_candidates=9)))
+    with pytest.raises(ValueError, match='does not fit'):
+        weights_to_bytes(p, best_of_n=BestOfN(ChunkCritic(D + 1, T * A, (16,), 1), 5))
+    from safetensors.torch import load as st_load, save as st_save
+    state = st_load(payload)
+    state.pop('critic.members.1.obs_in.bias')
+    header = {'format': meta['format'], 'config': json.dumps(meta['config']),
+              'best_of_n': json.dumps(meta['best_of_n'])}
+    with pytest.raises(ValueError, match='critic tensor'):
+        policy_from_bytes(st_save(state, metadata=header))
+    stray = st_save(dict(st_load(payload)), metadata={'format': meta['format'], 'config': json.dumps(meta['config'])})
+    with pytest.raises(ValueError, match='without a best_of_n'):
+        policy_from_bytes(stray)

@@ -271,16 +271,27 @@ def test_teleop_node_keyboard_in_a_terminal():
         while node.count_publishers('/teleop/action') == 0:
             assert time.monotonic() < deadline and proc.poll() is None, 'teleop_node did not come up'
             ex.spin_once(timeout_sec=0.05)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.0:   # discovery of our subscription by the node
-            ex.spin_once(timeout_sec=0.02)
+        # keys typed before the node puts the terminal in cbreak mode are flushed: wait for its help line
+        deadline = time.monotonic() + 30
+        while True:
+            log.seek(0)
+            if 'space = toggle intervention' in log.read():
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, 'no keyboard help line'
+            ex.spin_once(timeout_sec=0.05)
         os.write(master, b' ')
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(m.data[0] > 0 for m in got):
-            os.write(master, b'q')
-            for _ in range(3):
-                ex.spin_once(timeout_sec=0.02)
-        assert any(m.data[0] == pytest.approx(0.02) for m in got), [list(m.data) for m in got[-3:]]
+        while not got:                       # intervening: a (zero) action every tick
+            assert time.monotonic() < deadline, 'no actions after toggling intervention on'
+            ex.spin_once(timeout_sec=0.02)
+        assert not any(m.data[:6].tolist() != [0.0] * 6 for m in got), 'moved before any key'
+        os.write(master, b'q')               # one press = key_step * max_joint_delta on joint 1, in one tick
+        deadline = time.monotonic() + 10
+        while not any(m.data[0] != 0 for m in got):
+            assert time.monotonic() < deadline, 'q did not move joint 1'
+            ex.spin_once(timeout_sec=0.02)
+        moved = [m.data[0] for m in got if m.data[0] != 0]
+        assert moved == [pytest.approx(0.02)], moved
         os.write(master, b' ')
         t0 = time.monotonic()
         while time.monotonic() - t0 < 0.4:

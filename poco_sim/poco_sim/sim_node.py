@@ -9,7 +9,6 @@ Thin by design: all physics/task logic lives in poco_sim.envs.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Optional
@@ -66,9 +65,11 @@ class SimNode(Node):
         self.episode_id = 0
         self.episode_seed = cfg.seed
         self.env.reset(seed=cfg.seed)
-        # Sim clock for header stamps: wall time at start + simulated time, so with real_time_factor 1 the
-        # stamps track the wall clock and with > 1 they advance by exactly one control period per tick.
+        # Header stamps. At real_time_factor 1: the wall clock when the tick's observation is ready, as a real
+        # driver stamps at capture (a start + ticks / rate clock fell 17-75 ms behind as ticks ran late, which
+        # inflated measured latencies). Faster than real time: start + simulated time, one period per tick.
         self._t0 = time.time()
+        self._last_stamp_ns = 0
         self._ticks = 0
         self._cmd: Optional[tuple[np.ndarray, float]] = None
         self._estop_engaged = False  # the button's current state
@@ -161,9 +162,13 @@ class SimNode(Node):
             self.get_logger().info(f'episode {self.episode_id}: success after {env.step_count} ticks')
 
     def _stamp(self) -> Time:
-        t = self._t0 + self._ticks / self.cfg.control_rate_hz
-        sec = math.floor(t)
-        return Time(sec=int(sec), nanosec=int((t - sec) * 1e9))
+        if self.cfg.real_time_factor == 1.0:
+            ns = self.get_clock().now().nanoseconds
+        else:
+            ns = int(round((self._t0 + self._ticks / self.cfg.control_rate_hz) * 1e9))
+        ns = max(ns, self._last_stamp_ns + 1)  # strictly increasing: stamps identify a tick's messages
+        self._last_stamp_ns = ns
+        return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
     def _publish(self, obs: dict, stamp: Time) -> None:
         env = self.env

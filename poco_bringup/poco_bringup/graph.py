@@ -1,8 +1,8 @@
 """THE description of the poco-ros node graph: which nodes run, with which parameters.
 
 Both `launch/*.launch.py` (on a ROS 2 machine) and the pip-only runner (`run`) build their processes from
-`sim_graph()` / `real_graph()`; there is no second node list anywhere. No ROS or launch import here, so it
-is testable as plain Python.
+`sim_graph()` / `real_graph()` (the launch files through `launch_description()`); there is no second node list
+anywhere. No ROS or launch import at module level, so it is testable as plain Python.
 
 Parameter sources of every node, in order (later wins, like `ros2 launch` with `parameters=[...]`):
   config/robot.yaml, cameras.yaml, monitor.yaml, task_<task>.yaml, algo_poco.yaml (+ algo_<algorithm>.yaml
@@ -282,3 +282,44 @@ def default_string(f: dataclasses.Field) -> str:
         return ''
     return str(d)
 
+
+
+# ------------------------------------------------------------------------------------------ ros2 launch
+def launch_description(kind: str):
+    """The LaunchDescription of graph `kind` ('sim' | 'real'), for the launch files: one launch argument per
+    GraphArgs field, and the nodes built at launch time from this module, exactly as the runner builds them.
+    `launch` / `launch_ros` are imported here, so the runner works on machines that do not have them."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+    from launch_ros.parameter_descriptions import ParameterValue
+
+    def keep_strings(params: dict) -> dict:
+        # launch_ros YAML-parses plain strings in parameter dicts ('on' -> true, '07' -> 7): keep them strings.
+        return {k: ParameterValue(v, value_type=str) if isinstance(v, str) else v for k, v in params.items()}
+
+    def nodes(context, *args, **kwargs):
+        # Launch arguments are strings; args_from_strings types them exactly as the runner's CLI does.
+        values = {f.name: LaunchConfiguration(f.name).perform(context) for f in graph_fields()}
+        actions = []
+        for spec in GRAPHS[kind](**vars(args_from_strings(values))):
+            kw = spec.launch_kwargs()
+            if 'parameters' in kw:
+                kw['parameters'] = [keep_strings(p) if isinstance(p, dict) else p for p in kw['parameters']]
+            if spec.required:  # like the runner: a required node exiting stops the whole graph
+                kw['on_exit'] = Shutdown(reason=f'required node {spec.name} exited')
+            actions.append(Node(**kw))
+        return actions
+
+    def description(f) -> str:
+        if f.name in ('params_files', 'overrides'):
+            return f.metadata['help'] + ' (files: comma-separated; overrides: ";"-separated node.param=value)'
+        return f.metadata['help']
+
+    if kind not in GRAPHS:
+        raise ValueError(f'unknown graph {kind!r}; one of {sorted(GRAPHS)}')
+    args = [DeclareLaunchArgument(f.name, default_value=default_string(f), description=description(f),
+                                  **({'choices': list(f.metadata['choices'])} if f.metadata['choices'] else {}))
+            for f in graph_fields()]
+    return LaunchDescription(args + [OpaqueFunction(function=nodes)])

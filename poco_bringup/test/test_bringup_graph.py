@@ -162,7 +162,7 @@ def test_launch_file_parses_and_only_uses_graph(kind):
     for s in graph.sim_graph(rviz=True):
         assert repr(s.executable) not in text and f'"{s.executable}"' not in text, s.executable
         assert repr(s.package) not in text, s.package
-    assert f"GRAPH = '{kind}'" in text
+    assert f"graph.launch_description('{kind}')" in text
 
 
 class _Recorder:

@@ -9,6 +9,12 @@ export AMENT_PREFIX_PATH="$_POCO_VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$_POCO_VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 # shellcheck disable=SC1091
 source "$_POCO_ROOT/install/local_setup.bash"
+# The console scripts (run, bag_ingest, pretrain, ...) on PATH, as `ros2 run <pkg> <exe>` would find them.
+for _d in "$_POCO_ROOT"/install/poco_*/lib/poco_*; do
+  case ":$PATH:" in *":$_d:"*) ;; *) [ -d "$_d" ] && PATH="$_d:$PATH" ;; esac
+done
+export PATH
+unset _d
 # Only loopback discovery, ever (workplace rule); a per-shell domain unless the caller chose one.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}"

@@ -4,6 +4,7 @@ Every test drives `python -m poco_bringup.runner` as a subprocess, like a user w
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -306,3 +307,20 @@ def test_exec_failure_stops_the_started_nodes(procs, tmp):
     assert 'could not start a node' in out and re.search(r'bad +not started', out)
     pid = int(re.search(r'started steady \(pid (\d+)\)', out).group(1))
     assert not pid_alive(pid)
+
+
+def test_env_sh_puts_the_console_scripts_on_path():
+    """After `source scripts/env.sh` (what the README says), the tools run by name, once each on PATH."""
+    from _bringup_helpers import REPO
+    r = subprocess.run(['bash', '-c', f'set -u; source {REPO}/scripts/env.sh && source {REPO}/scripts/env.sh && '
+                        'for e in run bag_ingest bag_record pretrain evaluate collect_demos; do command -v $e; done '
+                        '&& echo "$PATH" && run --help'],
+                       capture_output=True, text=True, timeout=60,
+                       env={'HOME': os.environ.get('HOME', '/tmp'), 'PATH': '/usr/local/bin:/usr/bin:/bin'})
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith('install/poco_bringup/lib/poco_bringup/run'), lines[0]
+    assert lines[3].endswith('install/poco_learner/lib/poco_learner/pretrain'), lines[3]
+    path = lines[6].split(':')
+    assert sum(p.endswith('/install/poco_learner/lib/poco_learner') for p in path) == 1   # sourced twice
+    assert 'usage' in r.stdout.lower()

@@ -26,6 +26,7 @@ setup(
             'bag_record = poco_learner.bags:record_main',
             'bag_ingest = poco_learner.bags:ingest_main',
             'bag_replay = poco_learner.bags:replay_main',
+            'bag_recover = poco_learner.bags:recover_main',
         ],
     },
 )

@@ -11,8 +11,12 @@ Ingest model (docs/architecture.md, "Units and spaces"):
     i.e. physical units, the deltas clipped to +-max_joint_delta;
   - episodes are cut by poco_msgs/EpisodeEvent: START ... SUCCESS | FAILURE | ESTOP | TIMEOUT;
   - sparse reward: 1.0 on the last step of a successful episode, else 0.
-All alignment uses the bag's log (receive) time: it is the one clock every topic has (std_msgs/Bool has no
-header) and the recorder stamps all topics with it.
+Alignment uses the bag's log (receive) time: it is the one clock every topic has (std_msgs/Bool has no
+header) and the recorder stamps all topics with it. One exception: when the bag has the policy node's
+poco/transition messages, each step's joint state is the one whose header stamp the transition names (the
+observation the policy really acted on; arrival order at the recorder can differ by a message).
+
+A bag whose recorder was killed hard (no metadata.yaml) is rebuilt by `recover_bag` from what reached the disk.
 """
 from __future__ import annotations
 
@@ -188,7 +192,7 @@ class BagWriter:
     Use as a context manager: an exception aborts and deletes the partial bag."""
 
     def __init__(self, path: str | Path, storage: str = 'mcap', custom_data: Optional[dict] = None,
-                 atomic: bool = True):
+                 atomic: bool = True, flush_every_s: float = 1.0):
         from rosbags.rosbag2 import StoragePlugin, Writer
         if storage not in STORAGES:
             raise BagError(f'unknown storage {storage!r}; use one of {STORAGES}')
@@ -212,6 +216,11 @@ class BagWriter:
         self._types: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self.closed = False
+        # rosbags keeps the open MCAP chunk (up to 1 MB) in memory and commits sqlite3 only on close: a hard kill
+        # would lose all of it (sqlite3) or up to 1 MB (MCAP). Flushing every second bounds the loss to ~1 s,
+        # and `recover_bag` rebuilds the rest. (< 0 = never; rosbags is pinned, these are its internals.)
+        self.flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
 
     def add_topic(self, topic: str, msgtype: str, offered_qos=()) -> None:
         if topic in self._conns:
@@ -237,6 +246,19 @@ class BagWriter:
     def write_raw(self, topic: str, t_ns: int, data: bytes | memoryview) -> None:
         self._w.write(self._conns[topic], int(t_ns), data)
         self.counts[topic] += 1
+        if 0 <= self.flush_every_s <= time.monotonic() - self._last_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Put everything written so far on disk in a form `recover_bag` can read after a hard kill."""
+        st = getattr(self._w, 'storage', None)
+        if hasattr(st, 'close_chunk'):                    # MCAP: end the open chunk
+            if st.chunk.bio.tell():
+                st.close_chunk()
+            st.bio.flush()
+        elif hasattr(st, 'conn'):                         # sqlite3: commit the open transaction
+            st.conn.commit()
+        self._last_flush = time.monotonic()
 
     def close(self) -> Path:
         if self.closed:
@@ -293,7 +315,7 @@ class BagReader:
         if self.path.is_dir() and not (self.path / 'metadata.yaml').exists():
             files = sorted(p.name for p in self.path.iterdir())
             raise BagError(f'cannot read bag {self.path}: no metadata.yaml (files: {files}); the bag was not '
-                           'closed cleanly (recorder killed?) or this is not a rosbag2 directory')
+                           'closed cleanly (recorder killed? `bag_recover` rebuilds it) or this is not a rosbag2 directory')
         try:
             self._r = Reader(self.path)
             self._r.open()
@@ -914,3 +936,172 @@ def write_episode_to_bag(w: BagWriter, ep: dict, episode_id: int, t0_ns: int, ra
     end = SUCCESS if success else (FAILURE if terminal else TIMEOUT)
     w.write(P(T_EVENT), t_last + 1_000_000, event_msg(t_last + 1_000_000, episode_id, end, L, evaluation))
     return t_last + 1_000_000
+
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+@dataclass
+class RecoverReport:
+    source: str
+    out: str
+    storage: str
+    messages: dict = field(default_factory=dict)     # topic -> messages recovered
+    skipped_topics: list = field(default_factory=list)
+    torn_bytes: int = 0                               # MCAP: unreadable tail (the chunk being written, cut off)
+    t_first: int = 0
+    t_last: int = 0
+
+    def summary(self) -> str:
+        n = sum(self.messages.values())
+        s = (f'recovered {n} messages on {len(self.messages)} topics '
+             f'({(self.t_last - self.t_first) / 1e9:.1f} s of recording) from {self.source} -> {self.out}')
+        if self.torn_bytes:
+            s += f'; {self.torn_bytes} bytes of a torn tail dropped'
+        if self.skipped_topics:
+            s += f'; skipped topics of unknown type: {self.skipped_topics}'
+        return s
+
+
+def _find_storage_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise BagError(f'{path} does not exist')
+    found = sorted(p for p in path.rglob('*') if p.suffix in ('.mcap', '.db3') and p.is_file())
+    if len(found) != 1:
+        raise BagError(f'{path}: expected exactly one .mcap or .db3 file below it, found '
+                       f'{[str(p.relative_to(path)) for p in found]}')
+    return found[0]
+
+
+def _u16(b, o):
+    return int.from_bytes(b[o:o + 2], 'little'), o + 2
+
+
+def _u32(b, o):
+    return int.from_bytes(b[o:o + 4], 'little'), o + 4
+
+
+def _u64(b, o):
+    return int.from_bytes(b[o:o + 8], 'little'), o + 8
+
+
+def _str(b, o):
+    n, o = _u32(b, o)
+    return bytes(b[o:o + n]).decode('utf-8'), o + n
+
+
+def _mcap_records(buf, pos: int, end: int):
+    """(opcode, body) of each complete record in buf[pos:end]; yields ('torn', offset) for a cut-off record."""
+    while pos < end:
+        if pos + 9 > end:
+            yield 'torn', pos
+            return
+        op = buf[pos]
+        n = int.from_bytes(buf[pos + 1:pos + 9], 'little')
+        if pos + 9 + n > end:
+            yield 'torn', pos
+            return
+        yield op, memoryview(buf)[pos + 9:pos + 9 + n]
+        pos += 9 + n
+
+
+def _read_partial_mcap(path: Path, report: RecoverReport):
+    """Messages of every complete chunk of an MCAP file without footer: [(topic, msgtype, log_time, data)]."""
+    buf = path.read_bytes()
+    magic = b'\x89MCAP0\r\n'
+    if not buf.startswith(magic):
+        raise BagError(f'{path}: not an MCAP file (bad magic)')
+    schemas: dict[int, str] = {}
+    channels: dict[int, tuple[str, str]] = {}
+    out = []
+
+    def inner(records, stop):
+        for op, body in _mcap_records(records, 0, stop):
+            if op == 'torn':
+                raise BagError(f'{path}: corrupt chunk (record cut at {body})')
+            if op == 0x03:                                   # Schema: id, name, encoding, data
+                sid, o = _u16(body, 0)
+                schemas[sid], _ = _str(body, o)
+            elif op == 0x04:                                 # Channel: id, schema_id, topic, encoding, metadata
+                cid, o = _u16(body, 0)
+                sid, o = _u16(body, o)
+                topic, o = _str(body, o)
+                channels[cid] = (topic, schemas.get(sid, ''))
+            elif op == 0x05:                                 # Message: channel, sequence, log_time, publish_time
+                cid, o = _u16(body, 0)
+                _, o = _u32(body, o)
+                t, o = _u64(body, o)
+                if cid not in channels:
+                    raise BagError(f'{path}: message on unknown channel {cid}')
+                topic, msgtype = channels[cid]
+                out.append((topic, msgtype, t, bytes(body[o + 8:])))
+
+    for op, body in _mcap_records(buf, len(magic), len(buf)):
+        if op == 'torn':
+            report.torn_bytes = len(buf) - body
+            break
+        if op == 0x06:                                       # Chunk
+            o = 16
+            usize, o = _u64(body, o)
+            _, o = _u32(body, o)                             # crc (0 = not computed)
+            compression, o = _str(body, o)
+            clen, o = _u64(body, o)
+            data = body[o:o + clen]
+            if compression:
+                try:
+                    from rosbags.rosbag2.storage_mcap import decompress
+                    data = decompress(bytes(data), compression, usize, 0)
+                except Exception as e:  # noqa: BLE001 (any codec error: say which chunk)
+                    raise BagError(f'{path}: cannot decompress a {compression!r} chunk: {e}') from e
+            inner(data, len(data))
+        elif op in (0x03, 0x04, 0x05):                       # records outside chunks (unchunked writers)
+            inner(bytes([op]) + len(body).to_bytes(8, 'little') + bytes(body), 9 + len(body))
+    return out
+
+
+def _read_partial_sqlite(path: Path, report: RecoverReport):
+    import sqlite3
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        # work on a copy (with its journal, so SQLite rolls back a half-written transaction there, not here)
+        for f in path.parent.glob(path.name + '*'):
+            shutil.copy2(f, Path(tmp) / f.name)
+        con = sqlite3.connect(Path(tmp) / path.name)
+        try:
+            topics = {tid: (name, typ) for tid, name, typ in con.execute('SELECT id, name, type FROM topics')}
+            rows = con.execute('SELECT topic_id, timestamp, data FROM messages ORDER BY timestamp, id').fetchall()
+        except sqlite3.DatabaseError as e:
+            raise BagError(f'{path}: not a readable rosbag2 sqlite3 database: {e}') from e
+        finally:
+            con.close()
+    return [(topics[tid][0], topics[tid][1], int(t), bytes(d)) for tid, t, d in rows if tid in topics]
+
+
+def recover_bag(src: str | Path, out: str | Path) -> RecoverReport:
+    """Rebuild a proper bag at `out` from the storage file of a bag that was never closed (recorder killed hard:
+    no metadata.yaml). MCAP: every chunk that reached the disk (the one being filled, <= 1 MB, is lost);
+    sqlite3: every committed message. The recovered bag is written atomically; `src` is not modified."""
+    if Path(out).exists():
+        raise BagError(f'{out} exists already; not overwriting a bag')
+    f = _find_storage_file(Path(src))
+    storage = 'mcap' if f.suffix == '.mcap' else 'sqlite3'
+    report = RecoverReport(str(f), str(out), storage)
+    msgs = _read_partial_mcap(f, report) if storage == 'mcap' else _read_partial_sqlite(f, report)
+    if not msgs:
+        raise BagError(f'{f}: no complete messages to recover')
+    msgs.sort(key=lambda m: m[2])
+    known = typestore().fielddefs
+    with BagWriter(out, storage, custom_data={'recovered_from': str(f.resolve())}) as w:
+        for topic, msgtype, t, data in msgs:
+            if msgtype not in known:
+                if topic not in report.skipped_topics:
+                    report.skipped_topics.append(topic)
+                continue
+            w.add_topic(topic, msgtype)
+            w.write_raw(topic, t, data)
+            report.messages[topic] = report.messages.get(topic, 0) + 1
+        if not report.messages:
+            raise BagError(f'{f}: no messages of known types (topics {report.skipped_topics})')
+    report.t_first, report.t_last = msgs[0][2], msgs[-1][2]
+    return report

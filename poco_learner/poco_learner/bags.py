@@ -374,6 +374,22 @@ def record_main(argv=None) -> int:
         return 2
 
 
+def recover_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='bag_recover', description='Rebuild a bag whose recorder was killed hard '
+                                '(no metadata.yaml, e.g. the .<name>.partial-<pid> folder bag_record leaves) '
+                                'from what reached the disk. The source is not modified.')
+    p.add_argument('src', help='the unfinished bag folder, or its .mcap / .db3 file')
+    p.add_argument('--out', required=True, help='bag directory to create (must not exist)')
+    args = p.parse_args(argv)
+    try:
+        rep = bag_io.recover_bag(args.src, args.out)
+    except BagError as e:
+        print(f'bag_recover: error: {e}', file=sys.stderr)
+        return 2
+    print(f'bag_recover: {rep.summary()}', flush=True)
+    return 0
+
+
 # ============================================================================================ ingest
 def default_buffer_writer(encoder_checkpoint: str = '', encoder_overrides: Optional[dict] = None,
                           demo: bool = True, capacity: Optional[int] = None):

@@ -279,7 +279,10 @@ class Learner:
         old, self.state['phase'] = self.state['phase'], phase
         self.log('info', f'phase {old} -> {phase}')
         if self.phase_fn is not None:
-            self.phase_fn()
+            try:
+                self.phase_fn()
+            except Exception as e:  # e.g. the node is shutting down: the status is informational only
+                self.log('warn', f'could not announce phase {phase}: {e}')
 
     def _train_loop_inner(self):
         cfg = self.cfg

@@ -2,7 +2,6 @@
 the same episodes (lengths, actions, rewards) as the live learner stored, and pre-training must run on it."""
 import signal
 import subprocess
-import time
 
 import numpy as np
 import rclpy

@@ -315,7 +315,8 @@ class BagReader:
         if self.path.is_dir() and not (self.path / 'metadata.yaml').exists():
             files = sorted(p.name for p in self.path.iterdir())
             raise BagError(f'cannot read bag {self.path}: no metadata.yaml (files: {files}); the bag was not '
-                           'closed cleanly (recorder killed? `bag_recover` rebuilds it) or this is not a rosbag2 directory')
+                           'closed cleanly (recorder killed? `bag_recover` rebuilds it) or this is not a rosbag2 '
+                           'directory')
         try:
             self._r = Reader(self.path)
             self._r.open()

@@ -357,7 +357,8 @@ def test_killed_recorder_bag_is_recovered_and_ingests(tmp_path, storage):
     eps = synthetic_episodes(8, L=(20, 16), size=64, success=(True, False, False))
     arrays = {'n': len(eps)}
     for i, e in enumerate(eps):
-        arrays.update({f'{k}{i}': e[k] for k in ('proprio', 'actions', 'front', 'wrist')}, **{f'success{i}': e['success']})
+        arrays.update({f'{k}{i}': e[k] for k in ('proprio', 'actions', 'front', 'wrist')})
+        arrays[f'success{i}'] = e['success']
     np.savez(tmp_path / 'eps.npz', **arrays)
     bag = tmp_path / 'bag'
     r = subprocess.run([sys.executable, '-c', _KILLED_WRITER, str(tmp_path / 'eps.npz'), str(bag), storage],

@@ -1,6 +1,5 @@
 """EpisodeAssembler joins out-of-order transitions and events into correct buffer episodes."""
 import numpy as np
-import pytest
 
 from poco_learner.buffer import BufferConfig, ReplayBuffer
 from poco_learner.episodes import ESTOP, START, SUCCESS, TIMEOUT, EpisodeAssembler, RewardConfig

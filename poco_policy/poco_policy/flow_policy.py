@@ -245,7 +245,6 @@ class FlowChunkPolicy(nn.Module):
             a = a.clamp_(-1.0, 1.0)
         return a.reshape(B, N, cfg.horizon, cfg.action_dim)
 
-
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False,
             generator: torch.Generator | None = None) -> torch.Tensor:

@@ -214,8 +214,13 @@ def apply_overrides(specs: list[NodeSpec], items: Sequence[str],
     return specs
 
 
-def _finish(specs: list[NodeSpec], a: GraphArgs) -> list[NodeSpec]:
-    """Attach the per-run values and the overrides (rviz takes no parameters)."""
+def _finish(specs: list[NodeSpec], a: GraphArgs, files: list[Path]) -> list[NodeSpec]:
+    """Add the optional monitor and rviz, then attach the per-run values and the overrides (rviz takes no
+    parameters)."""
+    if a.monitor:
+        specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
+    if a.rviz:
+        specs.append(_rviz(a))
     return apply_overrides(specs, a.overrides,
                            {s.name: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
 
@@ -241,11 +246,7 @@ def sim_graph(**kw) -> list[NodeSpec]:
         _node('poco_policy', 'policy_node', 'policy', a, files),
         _node('poco_learner', 'learner_node', 'learner', a, files),
     ]
-    if a.monitor:
-        specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
-    if a.rviz:
-        specs.append(_rviz(a))
-    return _finish(specs, a)
+    return _finish(specs, a, files)
 
 
 def real_graph(**kw) -> list[NodeSpec]:
@@ -259,11 +260,7 @@ def real_graph(**kw) -> list[NodeSpec]:
         _node('poco_policy', 'policy_node', 'policy', a, files),
         _node('poco_learner', 'learner_node', 'learner', a, files),
     ]
-    if a.monitor:
-        specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
-    if a.rviz:
-        specs.append(_rviz(a))
-    return _finish(specs, a)
+    return _finish(specs, a, files)
 
 
 GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {'sim': sim_graph, 'real': real_graph}

@@ -158,14 +158,13 @@ def test_config_validation():
 
 
 # ------------------------------------------------------------------------------------------------ the node
-def test_teleop_node_publishes_actions_while_intervening():
-    """teleop_node (own process, no TTY -> Joy only): toggle via Joy, deflect an axis, receive teleop/action."""
+@pytest.fixture
+def ros():
+    """A test node + executor in a private loopback domain; `start(params, stdin)` runs teleop_node as its own
+    process there (log in `log`); `spin_until(pred, timeout, what)` fails if the node dies or time runs out."""
     rclpy = pytest.importorskip('rclpy')
+    from types import SimpleNamespace
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Joy
-    from poco_msgs.msg import ActionChunk
-
     domain = random.SystemRandom().randint(1, 100)
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain))
     ctx = rclpy.Context()
@@ -174,63 +173,29 @@ def test_teleop_node_publishes_actions_while_intervening():
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     log = tempfile.TemporaryFile('w+')
-    proc = subprocess.Popen([sys.executable, '-m', 'poco_policy.teleop_node', '--ros-args', '-p',
-                             'max_joint_delta:=0.04', '-p', 'joy_toggle_button:=4'],
-                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    got: list = []
-    try:
-        node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
-        joy_pub = node.create_publisher(Joy, '/joy', qos_profile_sensor_data)
+    procs: list = []
 
-        def spin_until(pred, timeout, what):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if pred():
-                    return
-                assert proc.poll() is None, 'teleop_node died'
-                ex.spin_once(timeout_sec=0.02)
-            raise AssertionError(f'timed out waiting for {what}')
+    def start(params, stdin):
+        cmd = [sys.executable, '-m', 'poco_policy.teleop_node', '--ros-args']
+        for p in params:
+            cmd += ['-p', p]
+        procs.append(subprocess.Popen(cmd, env=env, stdin=stdin, stdout=log, stderr=subprocess.STDOUT))
+        return procs[-1]
 
-        spin_until(lambda: joy_pub.get_subscription_count() > 0, 30, 'teleop_node to subscribe to joy')
-        spin_until(lambda: node.count_publishers('/teleop/action') > 0, 10, 'the teleop/action publisher')
-        t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end:      # not intervening: nothing published
-            ex.spin_once(timeout_sec=0.02)
-        assert not got
+    def spin_until(pred, timeout, what, step=0.02):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, f'timed out waiting for {what}'
+            assert all(p.poll() is None for p in procs), 'teleop_node died'
+            ex.spin_once(timeout_sec=step)
 
-        def joy(axes, buttons):
-            m = Joy()
-            m.axes, m.buttons = [float(x) for x in axes], buttons
-            joy_pub.publish(m)
+    def spin_for(seconds, step=0.02):
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            ex.spin_once(timeout_sec=step)
 
-        joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle on
-        joy([0.0] * 8, [0] * 8)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (got and got[-1].data[0] > 0.03):
-            joy([1.0] + [0.0] * 7, [0] * 8)            # keep the axis deflected (a level)
-            for _ in range(3):
-                ex.spin_once(timeout_sec=0.02)
-        assert got, 'no teleop/action received'
-        m = got[-1]
-        assert m.horizon == 1 and m.action_dim == 7 and len(m.data) == 7
-        assert m.data[0] == pytest.approx(0.04) and all(abs(x) <= 0.04 + 1e-6 for x in m.data[:6])
-        # rate: ~15 Hz while intervening
-        n0, t0 = len(got), time.monotonic()
-        while time.monotonic() - t0 < 1.0:
-            joy([1.0] + [0.0] * 7, [0] * 8)
-            ex.spin_once(timeout_sec=0.03)
-        rate = (len(got) - n0) / (time.monotonic() - t0)
-        assert 10 <= rate <= 20, rate
-        joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle off: publications stop
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 0.4:
-            ex.spin_once(timeout_sec=0.02)
-        n1 = len(got)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 0.5:
-            ex.spin_once(timeout_sec=0.02)
-        assert len(got) == n1
-    finally:
+    yield SimpleNamespace(node=node, ex=ex, log=log, start=start, spin_until=spin_until, spin_for=spin_for)
+    for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
@@ -238,79 +203,88 @@ def test_teleop_node_publishes_actions_while_intervening():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        log.close()
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()
+    log.close()
+    ex.shutdown()
+    node.destroy_node()
+    ctx.try_shutdown()
 
 
-def test_teleop_node_keyboard_in_a_terminal():
-    """teleop_node with a pseudo-terminal as stdin: space toggles, 'q' moves joint 1, Ctrl-C-free exit restores."""
-    rclpy = pytest.importorskip('rclpy')
-    import pty
-    from rclpy.executors import SingleThreadedExecutor
+def test_teleop_node_publishes_actions_while_intervening(ros):
+    """teleop_node (own process, no TTY -> Joy only): toggle via Joy, deflect an axis, receive teleop/action."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Joy
     from poco_msgs.msg import ActionChunk
 
-    domain = random.SystemRandom().randint(1, 100)
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID=str(domain))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node('teleop_kb_test', context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    node, ex = ros.node, ros.ex
+    ros.start(['max_joint_delta:=0.04', 'joy_toggle_button:=4'], subprocess.DEVNULL)
+    got: list = []
+    node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
+    joy_pub = node.create_publisher(Joy, '/joy', qos_profile_sensor_data)
+    ros.spin_until(lambda: joy_pub.get_subscription_count() > 0, 30, 'teleop_node to subscribe to joy')
+    ros.spin_until(lambda: node.count_publishers('/teleop/action') > 0, 10, 'the teleop/action publisher')
+    ros.spin_for(0.5)                    # not intervening: nothing published
+    assert not got
+
+    def joy(axes, buttons):
+        m = Joy()
+        m.axes, m.buttons = [float(x) for x in axes], buttons
+        joy_pub.publish(m)
+
+    joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle on
+    joy([0.0] * 8, [0] * 8)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (got and got[-1].data[0] > 0.03):
+        joy([1.0] + [0.0] * 7, [0] * 8)            # keep the axis deflected (a level)
+        for _ in range(3):
+            ex.spin_once(timeout_sec=0.02)
+    assert got, 'no teleop/action received'
+    m = got[-1]
+    assert m.horizon == 1 and m.action_dim == 7 and len(m.data) == 7
+    assert m.data[0] == pytest.approx(0.04) and all(abs(x) <= 0.04 + 1e-6 for x in m.data[:6])
+    # rate: ~15 Hz while intervening
+    n0, t0 = len(got), time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        joy([1.0] + [0.0] * 7, [0] * 8)
+        ex.spin_once(timeout_sec=0.03)
+    rate = (len(got) - n0) / (time.monotonic() - t0)
+    assert 10 <= rate <= 20, rate
+    joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle off: publications stop
+    ros.spin_for(0.4)
+    n1 = len(got)
+    ros.spin_for(0.5)
+    assert len(got) == n1
+
+
+def test_teleop_node_keyboard_in_a_terminal(ros):
+    """teleop_node with a pseudo-terminal as stdin: space toggles, 'q' moves joint 1, Ctrl-C-free exit restores."""
+    import pty
+    from poco_msgs.msg import ActionChunk
+
+    node = ros.node
     master, slave = pty.openpty()
-    log = tempfile.TemporaryFile('w+')
-    proc = subprocess.Popen([sys.executable, '-m', 'poco_policy.teleop_node', '--ros-args', '-p',
-                             'max_joint_delta:=0.04', '-p', 'key_step:=0.5'],
-                            env=env, stdin=slave, stdout=log, stderr=subprocess.STDOUT)
+    ros.start(['max_joint_delta:=0.04', 'key_step:=0.5'], slave)
     os.close(slave)
     got: list = []
     try:
         node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
-        deadline = time.monotonic() + 30
-        while node.count_publishers('/teleop/action') == 0:
-            assert time.monotonic() < deadline and proc.poll() is None, 'teleop_node did not come up'
-            ex.spin_once(timeout_sec=0.05)
+        ros.spin_until(lambda: node.count_publishers('/teleop/action') > 0, 30, 'teleop_node to come up', 0.05)
+
+        def help_line_shown():
+            ros.log.seek(0)
+            return 'space = toggle intervention' in ros.log.read()
         # keys typed before the node puts the terminal in cbreak mode are flushed: wait for its help line
-        deadline = time.monotonic() + 30
-        while True:
-            log.seek(0)
-            if 'space = toggle intervention' in log.read():
-                break
-            assert time.monotonic() < deadline and proc.poll() is None, 'no keyboard help line'
-            ex.spin_once(timeout_sec=0.05)
+        ros.spin_until(help_line_shown, 30, 'the keyboard help line', 0.05)
         os.write(master, b' ')
-        deadline = time.monotonic() + 10
-        while not got:                       # intervening: a (zero) action every tick
-            assert time.monotonic() < deadline, 'no actions after toggling intervention on'
-            ex.spin_once(timeout_sec=0.02)
+        ros.spin_until(lambda: got, 10, 'actions after toggling intervention on')  # a (zero) action every tick
         assert not any(m.data[:6].tolist() != [0.0] * 6 for m in got), 'moved before any key'
         os.write(master, b'q')               # one press = key_step * max_joint_delta on joint 1, in one tick
-        deadline = time.monotonic() + 10
-        while not any(m.data[0] != 0 for m in got):
-            assert time.monotonic() < deadline, 'q did not move joint 1'
-            ex.spin_once(timeout_sec=0.02)
+        ros.spin_until(lambda: any(m.data[0] != 0 for m in got), 10, 'q to move joint 1')
         moved = [m.data[0] for m in got if m.data[0] != 0]
         assert moved == [pytest.approx(0.02)], moved
         os.write(master, b' ')
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 0.4:
-            ex.spin_once(timeout_sec=0.02)
+        ros.spin_for(0.4)
         n1 = len(got)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 0.4:
-            ex.spin_once(timeout_sec=0.02)
+        ros.spin_for(0.4)
         assert len(got) == n1, 'still publishing after toggling off'
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
         os.close(master)
-        log.close()
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()

@@ -318,7 +318,7 @@ class Learner:
                 warm = st['warmup_done'] < a.critic_warmup_steps
                 # update-to-data pacing: never more updates than utd_ratio x new online steps (+ warm-up)
                 new_steps = self._online_steps() - st['online_steps_at_start']
-                allowed = a.critic_warmup_steps + cfg.utd_ratio * new_steps
+                allowed = self._allowed_updates(new_steps)
                 if warm or st['warmup_done'] + st['online_updates'] < allowed:
                     self._set_phase('warmup' if warm else 'poco')
                     batch = self._sample(a.batch_size)
@@ -341,6 +341,28 @@ class Learner:
                 t_window, n_window = now, 0
             if now - self._last_ckpt > cfg.checkpoint_every_s:
                 self.checkpoint()
+
+    def pacing(self) -> dict:
+        """The update-to-data contract, for the sim graph's clock (sim_node waits while `behind`).
+
+        behind: the learner wants the environment to wait (pre-training, or fewer updates done than
+        utd_ratio x online env steps received, beyond a slack of one chunk). env_steps: online steps received
+        since the online phase began; updates: online updates done (critic warm-up included);
+        updates_per_env_step: achieved ratio (what an operator on the wall clock watches)."""
+        st = self.state
+        if self.agent is None or st['phase'] in ('waiting', 'error'):
+            return {'behind': False, 'env_steps': 0, 'updates': 0, 'updates_per_env_step': math.nan}
+        steps = max(0, self._online_steps() - st['online_steps_at_start'])
+        done = st['warmup_done'] + st['online_updates']
+        behind = st['phase'] == 'pretrain' or done < self._allowed_updates(steps) - self._pace_slack()
+        return {'behind': bool(behind), 'env_steps': int(steps), 'updates': int(done),
+                'updates_per_env_step': done / steps if steps else math.nan}
+
+    def _allowed_updates(self, new_steps: int) -> float:
+        return self.agent.cfg.critic_warmup_steps + self.cfg.utd_ratio * new_steps
+
+    def _pace_slack(self) -> float:
+        return max(1.0, self.cfg.utd_ratio * self.agent.cfg.horizon)
 
     # ------------------------------------------------------------------ persistence + status
     def checkpoint(self):

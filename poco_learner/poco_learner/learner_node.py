@@ -47,7 +47,8 @@ class LearnerNode(Node):
         self.get_logger().info(f'learner up: run_dir={cfg.run_dir} buffer={self.core.buffer_len()} steps')
 
     def _log(self, level: str, text: str):
-        getattr(self.get_logger(), level)(text)
+        # 'warn' goes through rclpy's deprecation wrapper (one shared call site, which breaks throttling)
+        getattr(self.get_logger(), {'warn': 'warning'}.get(level, level))(text)
 
     def on_transition(self, m: Transition):
         self.core.on_transition(m.episode_id, m.step_index, m.features, m.proprio, m.action, m.intervention,

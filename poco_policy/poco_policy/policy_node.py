@@ -159,7 +159,7 @@ class PolicyNode(Node):
             q = finite_array([pos[n] for n in self.cfg.joint_names], 6, 'joint_states')
             g = float(pos.get('gripper', self.gripper))
         except (KeyError, ValueError) as e:
-            self.get_logger().warn(f'dropping malformed joint_states: {e}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping malformed joint_states: {e}', throttle_duration_sec=5.0)
             return
         self.q, self.gripper = q, g
         self.stamps['joint_states'] = time.monotonic()
@@ -169,7 +169,7 @@ class PolicyNode(Node):
         try:
             self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
         except ValueError as e:
-            self.get_logger().warn(f'dropping image from {cam}: {e}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping image from {cam}: {e}', throttle_duration_sec=5.0)
             return
         self.stamps[cam] = time.monotonic()
 
@@ -177,7 +177,7 @@ class PolicyNode(Node):
         try:
             self.state = finite_array(msg.data, None, 'sim/state')
         except ValueError as e:
-            self.get_logger().warn(f'dropping state: {e}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping state: {e}', throttle_duration_sec=5.0)
             return
         self.stamps['state'] = time.monotonic()
 
@@ -189,7 +189,7 @@ class PolicyNode(Node):
         try:
             a = finite_array(msg.data, 7, 'teleop/action')
         except ValueError as e:
-            self.get_logger().warn(f'dropping teleop action: {e}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping teleop action: {e}', throttle_duration_sec=5.0)
             return
         self.teleop = (a, time.monotonic())
 
@@ -208,7 +208,7 @@ class PolicyNode(Node):
             self.get_logger().error('E-STOP engaged: motion halted until reset')
         elif not msg.data and self.estop:
             self.estop = False
-            self.get_logger().warn('e-stop released; waiting for a reset')
+            self.get_logger().warning('e-stop released; waiting for a reset')
 
     def on_weights(self, msg: PolicyWeights):
         try:
@@ -325,7 +325,7 @@ class PolicyNode(Node):
             self.success_flag = False
             return
         if not self.reset_client.service_is_ready():
-            self.get_logger().warn('reset service poco/reset not available yet', throttle_duration_sec=5.0)
+            self.get_logger().warning('reset service poco/reset not available yet', throttle_duration_sec=5.0)
             self.phase = 'idle'
             return
         self._choose_mode()
@@ -448,7 +448,7 @@ class PolicyNode(Node):
             return
         stale = self.safety.stale(self.stamps)
         if stale or self.q is None:
-            self.get_logger().warn(f'watchdog: stale inputs {stale}; holding position', throttle_duration_sec=2.0)
+            self.get_logger().warning(f'watchdog: stale inputs {stale}; holding position', throttle_duration_sec=2.0)
             self._hold()
             return
         if self.safety.ee_outside(self.ee):

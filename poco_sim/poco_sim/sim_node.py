@@ -113,7 +113,7 @@ class SimNode(Node):
             if not np.all(np.isfinite(v)):
                 raise ValueError('non-finite value')
         except (ValueError, TypeError) as e:
-            self.get_logger().warn(f'rejecting malformed joint_commands: {e}', throttle_duration_sec=2.0)
+            self.get_logger().warning(f'rejecting malformed joint_commands: {e}', throttle_duration_sec=2.0)
             return
         self._cmd = (v[:6], float(np.clip(v[6], 0.0, 1.0)))
 
@@ -153,7 +153,7 @@ class SimNode(Node):
         stamp = self._stamp()
         self._publish(obs, stamp)
         if info['bbox_violation'] and self._was_in_bbox:
-            self.get_logger().warn(f'end effector left the bbox at {np.round(info["ee_pos"], 3).tolist()} m',
+            self.get_logger().warning(f'end effector left the bbox at {np.round(info["ee_pos"], 3).tolist()} m',
                                    throttle_duration_sec=2.0)
         self._was_in_bbox = not info['bbox_violation']
         if env.succeeded and not self._success_sent:

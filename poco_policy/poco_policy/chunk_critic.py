@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from poco_policy.flow_policy import linear_silu
+from poco_policy.bf16 import linear_silu
 
 
 class _CriticMember(nn.Module):

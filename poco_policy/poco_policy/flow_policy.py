@@ -13,19 +13,19 @@ Weights travel as safetensors bytes (`weights_to_bytes` / `policy_from_bytes`); 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poco_policy.bf16 import bf16_autocast, cpu_supports_bf16, linear_silu  # noqa: F401 (re-exported)
+from poco_policy.chunk_critic import ChunkCritic, select_best
 from poco_policy.config import from_dict as config_from_dict
 
 WEIGHTS_FORMAT = 'poco_flow_policy/1'
@@ -66,59 +66,10 @@ class FlowPolicyConfig:
         return config_from_dict(cls, dict(d)).validate()
 
 
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); otherwise autocast-bf16 is slower."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return ('avx512_bf16' in flags) or ('amx_bf16' in flags)
-
-
-def _linear_silu_eager(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.silu(F.linear(x, w, b))
-
-
-def _linear_silu_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # oneDNN matmul with the SiLU ("swish") fused as a post-op: saves a full pass over the activations.
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, 'swish', [], '')
-
-
-@lru_cache(maxsize=1)
-def _fused_linear_silu_ok() -> bool:
-    """The fused op is a torch-internal one: use it only if it exists here and matches eager on a probe."""
-    try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 32, generator=g).to(torch.bfloat16)
-        w = (torch.randn(16, 32, generator=g) / 6).to(torch.bfloat16)
-        b = torch.randn(16, generator=g).to(torch.bfloat16)
-        ref = _linear_silu_eager(x.float(), w.float(), b.float())
-        out = _linear_silu_onednn(x, w, b).float()
-        return out.shape == ref.shape and bool(torch.allclose(out, ref, atol=0.05, rtol=0.02))
-    except Exception:
-        return False
-
-
-def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """silu(x @ w.T + b) for 2-D bf16 inference inputs; fused on oneDNN when it verifiably works."""
-    if x.dtype == torch.bfloat16 and x.dim() == 2 and not torch.is_grad_enabled() and _fused_linear_silu_ok():
-        return _linear_silu_onednn(x, w, b)
-    return _linear_silu_eager(x, w, b)
-
-
-def bf16_autocast(enabled: bool):
-    """CPU bf16 autocast context (a no-op context when disabled)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast('cpu', dtype=torch.bfloat16)
-
-
 @dataclass
 class BestOfN:
     """Act with the argmax-Q of N sampled chunks (the QC best-of-N baseline) instead of one sample."""
-    critic: nn.Module            # poco_policy.chunk_critic.ChunkCritic
+    critic: ChunkCritic
     num_candidates: int
     critic_agg: str = 'mean'     # over the critic ensemble: 'mean' | 'min'
 
@@ -258,7 +209,6 @@ class FlowChunkPolicy(nn.Module):
         a = self.sample(obs, n, noise=noise, generator=generator)
         if n == 1:
             return a[:, 0]
-        from poco_policy.chunk_critic import select_best
         best, _ = select_best(sel.critic, obs, a.reshape(B, n, cfg.chunk_dim), sel.critic_agg)
         return best.reshape(B, cfg.horizon, cfg.action_dim)
 
@@ -362,7 +312,6 @@ def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None =
     critic_state = {k[len('critic.'):]: state.pop(k) for k in [k for k in state if k.startswith('critic.')]}
     policy = FlowChunkPolicy(cfg)
     if sel is not None:
-        from poco_policy.chunk_critic import ChunkCritic
         _check_best_of_n(sel, cfg)
         c = sel['critic']
         critic = ChunkCritic(int(c['obs_dim']), int(c['chunk_dim']), tuple(int(h) for h in c['hidden']),

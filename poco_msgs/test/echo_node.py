@@ -8,7 +8,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, DurabilityPolicy, HistoryPo
 
 from poco_msgs import msg, srv
 
-TYPES = [msg.ActionChunk, msg.Transition, msg.PolicyWeights, msg.LearnerStatus, msg.EpisodeEvent]
+TYPES = [msg.ActionChunk, msg.Transition, msg.PolicyWeights, msg.LearnerStatus, msg.EpisodeEvent,
+         msg.LearnerPace, msg.PolicyTick]
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                  history=HistoryPolicy.KEEP_LAST)
 
@@ -27,6 +28,7 @@ class Echo(Node):
         resp.success = True
         resp.message = f'seed={req.seed} eval={req.evaluation}'
         resp.episode_id = abs(req.seed) + 1
+        resp.stamp.sec, resp.stamp.nanosec = abs(req.seed), 7
         return resp
 
     def on_mode(self, req, resp):

@@ -49,11 +49,22 @@ def _filled():
     st.critic_loss, st.actor_loss, st.bc_loss, st.candidate_loss, st.q_mean = 0.5, 1.5, 0.25, float('nan'), -2.0
     st.buffer_steps, st.demo_steps, st.online_steps, st.episodes = 5000, 3000, 2000, 60
     st.recent_success_rate, st.weights_version, st.updates_per_second = 0.75, 12, 4.5
+    st.updates_per_env_step, st.utd_ratio, st.dropped_messages = 0.875, 1.0, 3
+
+    pace = msg.LearnerPace()
+    pace.header.stamp.sec = 66
+    pace.behind, pace.env_steps, pace.updates, pace.updates_per_env_step = True, 2**33, 17, float('nan')
+    pace.utd_ratio, pace.phase = 2.0, 'warmup'
+
+    tick = msg.PolicyTick()
+    tick.header.stamp.sec, tick.header.stamp.nanosec = 3, 66666666
+    tick.observation_stamp.sec, tick.observation_stamp.nanosec = 3, 66666665
+    tick.command_sent, tick.phase = True, 'running'
 
     ev = msg.EpisodeEvent()
     ev.episode_id, ev.event, ev.step_count, ev.evaluation = 5, msg.EpisodeEvent.ESTOP, 42, True
     ev.detail = 'e-stop pressed'
-    return {type(m).__name__: m for m in (chunk, tr, w, st, ev)}
+    return {type(m).__name__: m for m in (chunk, tr, w, st, ev, pace, tick)}
 
 
 def _same(a, b):
@@ -119,6 +130,7 @@ def test_every_message_and_service_round_trips(echo_process):
         rclpy.spin_until_future_complete(node, f1, timeout_sec=10)
         rclpy.spin_until_future_complete(node, f2, timeout_sec=10)
         assert (f1.result().success, f1.result().episode_id, f1.result().message) == (True, 42, 'seed=41 eval=True')
+        assert (f1.result().stamp.sec, f1.result().stamp.nanosec) == (41, 7)
         assert (f2.result().success, f2.result().message) == (True, 'EVAL')
     finally:
         node.destroy_node()

@@ -1,21 +1,23 @@
-"""ROS 2 parameter-file semantics in plain Python (no ROS import).
+"""ROS 2 parameter-file semantics and the nodes' parameter schemas, in plain Python (no ROS import).
 
-Used by graph.py / the runner to write the *effective* parameters of each node to the run dir, and by the
-tests to check the YAMLs against the node config dataclasses. The rules mirror what rcl/rclpy do with
-`--params-file a.yaml --params-file b.yaml` (measured on the Kilted wheels, see test_graph.py):
+Used by graph.py / the runner to write the *effective* parameters of each node to the run dir and to check
+them against the config dataclass each node declares (before any node starts), and by the tests to check
+the package YAMLs. The rules mirror what rcl/rclpy do with `--params-file a.yaml --params-file b.yaml`
+(measured on the Kilted wheels: test_bringup_graph.py, test_effective_parameters_equal_what_rclpy_reads):
   - a section key (`/**/policy`, `/ns/policy`, `policy`, `/**`) selects nodes by fully qualified name;
     `**` matches any number of name tokens, `*` exactly one; a key without a leading slash is absolute;
   - all files are merged into one table of sections: a later file overwrites keys *within the same section*;
   - a node applies its matching sections in order of *first appearance* across the files, later sections
     overwriting earlier ones. So the config files use `/**/<node>` sections only, and the per-run
     parameters go last under the node's fully qualified name (what launch_ros does with a dict).
-  - nested mappings under `ros__parameters` are dotted names (`agent: {eta: 0.1}` -> `agent.eta`).
+  - nested mappings under `ros__parameters` are dotted names (`a: {b: 1}` -> parameter `a.b`).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
@@ -23,7 +25,14 @@ Params = dict[str, Any]
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML is YAML 1.1: `1e-3` would be a string, rcl reads it as a double. Resolve floats like rcl."""
+    """PyYAML is YAML 1.1: `1e-3` would be a string, rcl reads it as a double. Resolve floats like rcl.
+    Mapping keys stay strings, as in rcl (`on:` names the parameter 'on', not True)."""
+
+    def construct_mapping(self, node, deep=False):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != 'tag:yaml.org,2002:str':
+                key_node.tag = 'tag:yaml.org,2002:str'
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -105,7 +114,13 @@ def merge_sources(sources: Iterable[str | Path | Mapping[str, Any]], node_fqn: s
     A source is a params-file path or a dict of parameters for this node (placed under its FQN, as
     launch_ros does).
     """
-    table: dict[str, Params] = {}  # insertion order = first appearance
+    return {k: v for k, (v, _) in merge_traced(sources, node_fqn).items()}
+
+
+def merge_traced(sources: Iterable[str | Path | Mapping[str, Any]], node_fqn: str) -> dict[str, tuple[Any, Any]]:
+    """Like merge_sources, with where each value came from: {name: (value, source)} (source = the file
+    path, or the dict itself for per-run parameter dicts)."""
+    table: dict[str, dict[str, tuple[Any, Any]]] = {}
     for src in sources:
         if isinstance(src, Mapping):
             sections = {node_fqn: flatten(src)}
@@ -113,8 +128,8 @@ def merge_sources(sources: Iterable[str | Path | Mapping[str, Any]], node_fqn: s
             sections = load_params_file(src)
         for key, params in sections.items():
             norm = key if key.startswith('/') else '/' + key
-            table.setdefault(norm, {}).update(params)
-    out: Params = {}
+            table.setdefault(norm, {}).update({k: (v, src) for k, v in params.items()})
+    out: dict[str, tuple[Any, Any]] = {}
     for key, params in table.items():
         if section_matches(key, node_fqn):
             out.update(params)
@@ -161,3 +176,239 @@ def parse_value(text: str) -> Any:
     if value is None or isinstance(value, Mapping):
         return text
     return value
+
+
+# ------------------------------------------------------------------------------------ parameter schemas
+# A node's schema is the config dataclass it declares with poco_policy.config.declare_ros_parameters:
+# field names (nested dataclasses flattened with '.') and the type each is declared with. Parameter files
+# and overrides are checked against it before any node starts, so a typo or a wrong type fails at once
+# with one line instead of being ignored (unknown names) or crashing the node (wrong types).
+
+# Parameters every rclpy node declares itself (or accepts) besides its config.
+BUILTIN_PARAMS: dict[str, type] = {'use_sim_time': bool, 'start_type_description_service': bool}
+BUILTIN_PREFIXES = ('qos_overrides.',)
+
+
+def param_schema(cls) -> dict[str, Any]:
+    """{dotted parameter name: Python type} of config dataclass `cls`.
+
+    poco_policy.config.param_schema when it exists (the one definition); else the same flattening here:
+    a field whose type is a dataclass contributes its own fields under `<field>.`."""
+    try:
+        from poco_policy.config import param_schema as shared
+    except ImportError:
+        return _flat_schema(cls)
+    return dict(shared(cls))
+
+
+def _flat_schema(cls, prefix: str = '') -> dict[str, Any]:
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get('derived'):  # filled by its component (poco_policy.config.derived), not a parameter
+            continue
+        tp = hints.get(f.name, f.type)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update(_flat_schema(tp, f'{prefix}{f.name}.'))
+        else:
+            out[prefix + f.name] = tp
+    return out
+
+
+_SCALARS = (bool, int, float, str)
+_TYPE_NAMES = {bool: 'bool', int: 'integer', float: 'float', str: 'string'}
+
+
+class ParamType:
+    """The ROS type a parameter is declared with: a scalar kind or an array of one (kind None = any)."""
+
+    def __init__(self, kind: Optional[type], array: bool = False):
+        self.kind, self.array = kind, array
+
+    def __str__(self) -> str:
+        if self.array:
+            return f'list of {_TYPE_NAMES[self.kind]}' if self.kind else 'list'
+        return _TYPE_NAMES[self.kind] if self.kind else 'any'
+
+    def accepts(self, value: Any) -> bool:
+        if self.array:
+            if not isinstance(value, (list, tuple)) or not value:
+                return False
+            return self.kind is None or all(_scalar_kind(v) is self.kind for v in value)
+        return self.kind is None or _scalar_kind(value) is self.kind
+
+
+def _scalar_kind(v: Any) -> Optional[type]:
+    for k in _SCALARS:  # bool before int: True is an int in Python, a BOOL in ROS
+        if isinstance(v, k):
+            return k
+    return None
+
+
+def ros_type(tp: Any, default: Any = None) -> ParamType:
+    """ParamType of a config field from its type hint, refined by its default (what declare_parameter sees:
+    None -> '' string, tuples -> arrays, dicts -> JSON strings)."""
+    import types
+    import typing
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: a None default is declared as '' (string)
+        rest = [a for a in args if a is not type(None)]
+        if default is None:
+            return ParamType(str)
+        tp = rest[0] if len(rest) == 1 else str
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SCALARS:
+        return ParamType(tp)
+    if tp is dict or origin is dict:
+        return ParamType(str)
+    if tp in (tuple, list) or origin in (tuple, list):
+        elems = [a for a in args if a is not Ellipsis]
+        kind = elems[0] if len(set(elems)) == 1 and elems[0] in _SCALARS else None
+        if kind is None and isinstance(default, (tuple, list)) and default:
+            kinds = {_scalar_kind(v) for v in default}
+            kind = kinds.pop() if len(kinds) == 1 else None
+        return ParamType(kind, array=True)
+    if isinstance(tp, str):  # an unresolved annotation: fall back to the default's type
+        return ros_type(type(default), default) if default is not None else ParamType(None)
+    return ParamType(None)
+
+
+def schema_types(cls) -> dict[str, ParamType]:
+    """{dotted name: ParamType} of config dataclass `cls` (param_schema + the defaults of an instance)."""
+    try:
+        defaults = cls()
+    except Exception:  # every node config has full defaults; without them only the hints count
+        defaults = None
+    out = {}
+    for name, tp in param_schema(cls).items():
+        d = defaults
+        for part in name.split('.'):
+            d = getattr(d, part, None)
+        out[name] = ros_type(tp, d)
+    return out
+
+
+@dataclass
+class NodeSchema:
+    """What a node accepts: its config's parameters (+ rclpy's own); `source` names where it came from."""
+    params: dict[str, ParamType]
+    source: str
+
+    def lookup(self, name: str) -> Optional[ParamType]:
+        if name in self.params:
+            return self.params[name]
+        if name in BUILTIN_PARAMS:
+            return ParamType(BUILTIN_PARAMS[name])
+        if name.startswith(BUILTIN_PREFIXES):
+            return ParamType(None)
+        return None
+
+
+def _node_module(package: str, executable: str) -> Optional[str]:
+    """Module of a console script (its entry point), else the `<package>.<executable>` convention."""
+    try:
+        from importlib.metadata import entry_points
+        for ep in entry_points(group='console_scripts', name=executable):
+            dist = getattr(ep, 'dist', None)
+            if dist is None or dist.name.replace('-', '_') == package:
+                return ep.value.partition(':')[0].strip()
+    except Exception:  # a broken distribution must not hide the convention below
+        pass
+    import importlib.util
+    name = f'{package}.{executable}'
+    try:
+        return name if importlib.util.find_spec(name) is not None else None
+    except (ImportError, ValueError):
+        return None
+
+
+def node_schema(package: str, executable: str) -> Optional[NodeSchema]:
+    """The schema of a node executable: every `declare_ros_parameters(node, Config[, prefix])` and literal
+    `declare_parameter('name', default)` call in its module. None when the executable is not a Python
+    module (rviz2, a custom command) or declares nothing; ImportError when its module cannot be loaded."""
+    import ast
+    import importlib
+    import importlib.util
+    module = _node_module(package, executable)
+    if module is None:
+        return None
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith('.py'):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    mod = None
+    params: dict[str, ParamType] = {}
+    classes = []
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        fn = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, 'id', '')
+        if fn == 'declare_ros_parameters' and len(call.args) >= 2 and isinstance(call.args[1], ast.Name):
+            prefix = call.args[2] if len(call.args) >= 3 else next(
+                (k.value for k in call.keywords if k.arg == 'prefix'), ast.Constant(''))
+            if not isinstance(prefix, ast.Constant):
+                raise ImportError(f'{module}: declare_ros_parameters with a computed prefix; cannot check it')
+            if mod is None:
+                mod = importlib.import_module(module)
+            cls = _resolve_name(mod, tree, call.args[1].id)
+            classes.append(cls.__name__)
+            params.update({prefix.value + k: v for k, v in schema_types(cls).items()})
+        elif fn == 'declare_parameter' and call.args and isinstance(call.args[0], ast.Constant):
+            try:
+                default = ast.literal_eval(call.args[1]) if len(call.args) > 1 else None
+            except ValueError:
+                default = None
+            params[call.args[0].value] = (ros_type(type(default), default) if default is not None
+                                          else ParamType(None))
+    if not params:
+        return None
+    return NodeSchema(params, f'{module} ({", ".join(classes) or "declare_parameter"})')
+
+
+def _resolve_name(mod, tree, name: str):
+    """A name used in the module: a module attribute, else bound by an import anywhere in it (local imports
+    inside main() / __init__)."""
+    import ast
+    import importlib
+    if hasattr(mod, name):
+        return getattr(mod, name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                if (a.asname or a.name) == name:
+                    return getattr(importlib.import_module(node.module), a.name)
+    raise ImportError(f'{mod.__name__}: cannot resolve the config class {name!r}')
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({_TYPE_NAMES.get(_scalar_kind(v), type(v).__name__) for v in value})
+        return f'list of {"/".join(kinds)}' if kinds else 'empty list'
+    return _TYPE_NAMES.get(_scalar_kind(value), 'null' if value is None else type(value).__name__)
+
+
+def check_params(node: str, params: Mapping[str, tuple[Any, Any]], schema: NodeSchema,
+                 where: Callable[[str, Any], str] = lambda name, src: str(src)) -> list[str]:
+    """One line per parameter the node would ignore (unknown name) or reject (wrong type); [] when all fit.
+
+    `params` as from merge_traced; `where(name, source)` describes a source for the message."""
+    import difflib
+    errors = []
+    for name, (value, src) in sorted(params.items()):
+        want = schema.lookup(name)
+        origin = where(name, src)
+        if want is None:
+            close = difflib.get_close_matches(name, list(schema.params), n=1, cutoff=0.75)
+            hint = f'; did you mean {node}.{close[0]} ({schema.params[close[0]]})?' if close else ''
+            errors.append(f'unknown parameter {node}.{name} (from {origin}): not declared by '
+                          f'{schema.source}{hint}')
+        elif not want.accepts(value):
+            hint = ''
+            if want.kind is float and not want.array and _scalar_kind(value) is int:
+                hint = f' (write {float(value)!r}, not {value!r})'
+            elif (want.kind is float and want.array and isinstance(value, (list, tuple)) and value
+                  and all(_scalar_kind(v) in (int, float) for v in value)):
+                hint = ' (write every element with a decimal point)'
+            errors.append(f'parameter {node}.{name} (from {origin}) expects {want}{hint}, '
+                          f'got {value!r} ({_type_of(value)})')
+    return errors

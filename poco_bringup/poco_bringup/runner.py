@@ -9,11 +9,15 @@ OS processes with the same command line launch_ros would build:
 Usage:  run sim [--duration 30m] [--run-dir DIR] [--task pick_cube] [--obs-mode state] [--set node.param=v]
         run real ...      run path/to/graph.py ...  (a file defining `graph(args: GraphArgs) -> [NodeSpec]`)
 
+Before anything starts (also for --dry-run), every node's effective parameters (package YAMLs, --params-file,
+--set) are checked against the config dataclass the node declares: an unknown name or a wrong type is an
+error naming the parameter and the type it expects.
+
 Every child gets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (workplace rule: loopback only) and the run's
 ROS_DOMAIN_ID (--domain-id, else $ROS_DOMAIN_ID, else a free one picked per run). Each child runs in its own
 process group; log lines are prefixed with `[name]`. Ctrl-C / SIGTERM / --duration stop everything: SIGINT,
 wait, SIGTERM, wait, SIGKILL. Exit status 1 when a node crashed (named, with its last lines), 2 on bad
-arguments or a missing executable, else 0 (also after a clean Ctrl-C, so wrapper scripts carry on).
+arguments or parameters or a missing executable, else 0 (also after a clean Ctrl-C, so wrapper scripts carry on).
 """
 from __future__ import annotations
 
@@ -159,6 +163,63 @@ def build_command(spec: NodeSpec, params_files: Sequence[str]) -> list[str]:
     for f in params_files:
         cmd += ['--params-file', f]
     return cmd
+
+
+# ----------------------------------------------------------------------------------- parameter check
+def check_parameters(specs: Sequence[NodeSpec], overrides: Sequence[str] = ()) -> None:
+    """Check every node's effective parameters (package YAMLs, user params files, run values, --set) against
+    the config dataclass the node declares, before anything starts: UsageError with one line per parameter
+    the node would ignore (unknown name) or reject (wrong type). Processes given as an explicit `command`
+    and executables that declare no config (rviz2) are not checked.
+
+    `--set` values are first typed like the parameter they set (`1` for a float is 1.0, `on` for a string
+    is 'on'): that is what the user means, and ROS would otherwise reject the node's start-up."""
+    raw: dict[tuple[str, str], str] = {}
+    for item in overrides:
+        key, _, value = item.partition('=')
+        node, _, param = key.strip().partition('.')
+        raw[(node, param)] = value.strip()
+    errors: list[str] = []
+    for s in specs:
+        if s.command or not s.parameters:
+            continue
+        try:
+            schema = rosparams.node_schema(s.package, s.executable)
+        except (ImportError, SyntaxError) as e:
+            raise UsageError(f'node {s.name!r}: cannot read the parameter schema of '
+                             f'{s.package}/{s.executable}: {e}')
+        if schema is None:
+            continue
+        for (node, param), text in raw.items():
+            want = schema.lookup(param)
+            if node == s.name and want is not None:
+                _coerce_override(s, param, text, want)
+
+        def where(name, src, node=s.name):
+            if isinstance(src, dict):
+                return '--set' if (node, name) in raw else 'the run arguments'
+            return str(src)
+        try:
+            params = rosparams.merge_traced(s.parameters, s.fqn)
+        except (ValueError, OSError) as e:  # a malformed or unreadable params file
+            raise UsageError(str(e))
+        errors += rosparams.check_params(s.name, params, schema, where)
+    if errors:
+        raise UsageError('\nrun: error: '.join(errors))
+
+
+def _coerce_override(spec: NodeSpec, param: str, text: str, want: rosparams.ParamType) -> None:
+    for p in reversed(spec.parameters):  # the dict the override went into (the last one holding it)
+        if isinstance(p, dict) and param in p:
+            v = p[param]
+            if want.kind is str and not want.array and not isinstance(v, str):
+                p[param] = text
+            elif want.kind is float and not want.array and isinstance(v, int) and not isinstance(v, bool):
+                p[param] = float(v)
+            elif (want.kind is float and want.array and isinstance(v, list) and v
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                p[param] = [float(x) for x in v]
+            return
 
 
 # --------------------------------------------------------------------------------------- processes
@@ -485,6 +546,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 specs = graph_mod.apply_overrides(load_graph_file(ns.graph, gargs), gargs.overrides)
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(str(e))
+        check_parameters(specs, gargs.overrides)  # also for --dry-run: a bad value fails here, not in a node
         domain_id, source, lock = choose_domain_id(ns.domain_id, os.environ)
         env = child_environment(os.environ, domain_id, run_dir)
         runner = Runner(specs, run_dir, env, sigint_timeout=ns.sigint_timeout, sigterm_timeout=ns.sigterm_timeout)

@@ -1,64 +1,36 @@
-"""Every parameter the YAMLs give a node must be a field of that node's config dataclass, with the ROS type
-the node will declare (a typo or `1` for a DOUBLE fails here, not at start-up on the robot).
+"""Every parameter the YAMLs give a node must be declared by that node's config, with the ROS type the node
+will declare (a typo or `1` for a DOUBLE fails here, not at start-up on the robot).
 
 The effective parameters are computed per node exactly as the graph passes them (all config files, every
-task / algorithm combination), so sections, layering and names are all covered.
+task / algorithm combination), so sections, layering and names are all covered. The schema is the one the
+runner checks user parameters against (rosparams.node_schema: the dataclass each node module declares).
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import typing
 from pathlib import Path
 
 import pytest
 
 from poco_bringup import graph, rosparams
-from poco_policy.config import from_dict
 
-NODE_CONFIGS = {
-    'sim': ('poco_sim.sim_node', 'SimNodeConfig'),
-    'policy': ('poco_policy.policy_node', 'PolicyNodeConfig'),
-    'learner': ('poco_learner.learner_node', 'LearnerNodeConfig'),
-    'monitor': ('poco_bringup.monitor_node', 'MonitorNodeConfig'),
+NODES = {  # graph node name -> (package, executable)
+    'sim': ('poco_sim', 'sim_node'),
+    'policy': ('poco_policy', 'policy_node'),
+    'learner': ('poco_learner', 'learner_node'),
+    'monitor': ('poco_bringup', 'monitor'),
 }
 CONFIG_DIR = graph.config_dir()
 YAMLS = sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))
 
 
-def config_class(node: str):
-    module, cls = NODE_CONFIGS[node]
+def schema(node: str) -> rosparams.NodeSchema:
     try:
-        mod = importlib.import_module(module)
+        s = rosparams.node_schema(*NODES[node])
     except ImportError as e:
-        pytest.fail(f'{node}: cannot import {module} ({e}); the YAMLs for this node are unchecked')
-    if not hasattr(mod, cls):
-        pytest.fail(f'{node}: {module} has no {cls}')
-    return getattr(mod, cls)
-
-
-def check_ros_types(cls, params: dict, where: str):
-    """ROS declares each parameter with the dataclass default's type; an override of another type is
-    rejected at start-up (e.g. INTEGER for a DOUBLE). config.from_dict would silently convert."""
-    hints = typing.get_type_hints(cls)
-    defaults = cls()
-    for name, value in params.items():
-        default = getattr(defaults, name)
-        tp = hints[name]
-        if isinstance(default, bool) or tp is bool:
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, float)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, str) or default is None:
-            ok = isinstance(value, str)
-        elif isinstance(default, (tuple, list)):
-            elem = {type(v) for v in default}
-            ok = isinstance(value, list) and (not elem or {type(v) for v in value} <= elem)
-        else:
-            ok = True
-        assert ok, f'{where}: {name}={value!r} ({type(value).__name__}) but {cls.__name__}.{name} is {default!r}'
+        pytest.fail(f'{node}: cannot read its parameter schema ({e}); the YAMLs for this node are unchecked')
+    assert s is not None, f'{node}: {NODES[node]} declares no config; the YAMLs for this node are unchecked'
+    return s
 
 
 def combos():
@@ -67,22 +39,19 @@ def combos():
             yield task, algo
 
 
-@pytest.mark.parametrize('node', list(NODE_CONFIGS))
+@pytest.mark.parametrize('node', list(NODES))
 def test_yaml_parameters_match_node_config(node, tmp_path):
-    cls = config_class(node)
+    sch = schema(node)
     for task, algo in combos():
         for make in (graph.sim_graph, graph.real_graph):
             if node == 'sim' and make is graph.real_graph:
                 continue
             specs = {s.name: s for s in make(task=task, algorithm=algo, run_dir=str(tmp_path), seed='1',
                                              demo_dataset=str(tmp_path), preset='x')}
-            params = specs[node].effective_parameters()
-            where = f'{node} ({make.__name__}, task={task}, algorithm={algo})'
-            try:
-                from_dict(cls, params, strict=True)
-            except ValueError as e:
-                pytest.fail(f'{where}: {e}')
-            check_ros_types(cls, params, where)
+            assert (specs[node].package, specs[node].executable) == NODES[node]
+            params = rosparams.merge_traced(specs[node].parameters, specs[node].fqn)
+            errors = rosparams.check_params(node, params, sch)
+            assert not errors, f'{make.__name__}, task={task}, algorithm={algo}:\n' + '\n'.join(errors)
 
 
 @pytest.mark.parametrize('name', YAMLS)
@@ -93,7 +62,7 @@ def test_every_section_targets_a_graph_node(name):
         # `/**/<node>`: applies in any namespace (one per robot) and keeps rclpy's section order simple.
         assert key.startswith('/**/'), f'{name}: section {key!r} should be /**/<node>'
         node = key[len('/**/'):]
-        assert node in NODE_CONFIGS, f'{name}: section for unknown node {node!r}'
+        assert node in NODES, f'{name}: section for unknown node {node!r}'
         for k, v in params.items():
             rosparams.check_ros_value(f'{name}:{key}.{k}', v)
 
@@ -123,3 +92,63 @@ def test_monitor_config_defaults_match_yaml():
     yaml_params = rosparams.load_params_file(CONFIG_DIR / 'monitor.yaml')['/**/monitor']
     defaults = dataclasses.asdict(MonitorNodeConfig())
     assert {k: defaults[k] for k in yaml_params} == yaml_params
+
+
+# ------------------------------------------------------------------------------ schema of a node config
+@dataclasses.dataclass
+class _Agent:
+    eta: float = 0.01
+    hidden: tuple[int, ...] = (256, 256)
+
+
+@dataclasses.dataclass
+class _Composed:  # the shape of a config that composes components under dotted names (agent.eta, ...)
+    agent: _Agent = dataclasses.field(default_factory=_Agent)
+    run_dir: str = ''
+    cameras: tuple = ('front', 'wrist')
+    threads: int = 1
+    enabled: bool = True
+    checkpoint: 'str | None' = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def test_schema_flattens_nested_configs_with_ros_types():
+    types = {k: str(v) for k, v in rosparams.schema_types(_Composed).items()}
+    assert types == {'agent.eta': 'float', 'agent.hidden': 'list of integer', 'run_dir': 'string',
+                     'cameras': 'list of string', 'threads': 'integer', 'enabled': 'bool',
+                     'checkpoint': 'string', 'extra': 'string'}  # None and dicts travel as strings
+
+
+def test_schema_prefers_the_shared_param_schema(monkeypatch):
+    import poco_policy.config
+    monkeypatch.setattr(poco_policy.config, 'param_schema', lambda cls: {'only.this': float}, raising=False)
+    assert rosparams.param_schema(_Composed) == {'only.this': float}
+    monkeypatch.delattr(poco_policy.config, 'param_schema')
+    assert rosparams.param_schema(_Composed)['agent.eta'] is float  # the local fallback
+
+
+def test_check_params_names_each_bad_parameter_once(tmp_path):
+    sch = rosparams.NodeSchema(rosparams.schema_types(_Composed), 'test (_Composed)')
+    user = tmp_path / 'user.yaml'
+    user.write_text('/**/learner:\n  ros__parameters:\n    agent: {eta: 1, etaa: 0.1, hidden: [512, 512]}\n'
+                    '    threads: 2\n    enabled: yes\n    use_sim_time: true\n    cameras: [front]\n'
+                    '/**/other:\n  ros__parameters:\n    nonsense: 1\n')
+    params = rosparams.merge_traced([str(user), {'run_dir': 5}], '/learner')
+    errors = rosparams.check_params('learner', params, sch)
+    assert errors == [
+        f'parameter learner.agent.eta (from {user}) expects float (write 1.0, not 1), got 1 (integer)',
+        f'unknown parameter learner.agent.etaa (from {user}): not declared by test (_Composed); '
+        'did you mean learner.agent.eta (float)?',
+        "parameter learner.run_dir (from {'run_dir': 5}) expects string, got 5 (integer)",
+    ], errors
+    ok = rosparams.merge_traced([{'agent.eta': 0.5, 'agent.hidden': [8], 'extra': '{}', 'checkpoint': ''}], '/x')
+    assert rosparams.check_params('x', ok, sch) == []
+
+
+def test_params_file_keys_stay_strings():
+    assert rosparams.load_yaml('on: yes\n1: 2.5\nx: 1e-3\n') == {'on': True, '1': 2.5, 'x': 0.001}
+
+
+def test_node_schema_of_non_config_executables_is_none():
+    assert rosparams.node_schema('rviz2', 'rviz2') is None
+    assert rosparams.node_schema('no_such_package_xyz', 'nope') is None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from _bringup_helpers import PYTHON, Procs, make_tmp, pid_alive, private_domain, ros_env, wait_for
-from poco_bringup import runner
+from poco_bringup import rosparams, runner
 
 
 @pytest.fixture
@@ -203,6 +203,66 @@ def test_missing_executable_starts_nothing(procs, tmp):
     assert not (tmp / 'pids' / 'steady.pid').exists()
 
 
+# ------------------------------------------------------------------ parameters checked before any start
+def run_cli(tmp, *args, timeout=60):
+    """`python -m poco_bringup.runner ARGS` to completion: (returncode, stdout, stderr, seconds)."""
+    t0 = time.monotonic()
+    r = subprocess.run([PYTHON, '-m', 'poco_bringup.runner', *args], capture_output=True, text=True,
+                       timeout=timeout, env=ros_env(private_domain()[0]), cwd=tmp)
+    return r.returncode, r.stdout, r.stderr, time.monotonic() - t0
+
+
+def assert_nothing_started(run: Path, out: str):
+    assert 'started' not in out, out
+    assert not (run / 'logs').exists() and not (run / 'params').exists()  # no node, no params written
+
+
+@pytest.mark.parametrize('override, words', [
+    ('policy.max_joint_delt=0.1', ['unknown parameter policy.max_joint_delt', 'from --set',
+                                   'did you mean policy.max_joint_delta (float)']),
+    ('policy.max_joint_delta=abc', ['parameter policy.max_joint_delta', 'from --set', 'expects float',
+                                    "got 'abc' (string)"]),
+])
+def test_bad_set_fails_at_once_with_one_line_and_starts_nothing(tmp, override, words):
+    # Not a dry run: if the check were missing, the nodes would start and run for the whole duration.
+    run = tmp / 'run'
+    rc, out, err, secs = run_cli(tmp, 'sim', '--obs-mode', 'state', '--run-dir', str(run), '--duration', '60',
+                                 '--set', override)
+    assert rc == 2 and secs < 20, (rc, secs, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith('run: error: ') and all(w in lines[0] for w in words), lines[0]
+    assert_nothing_started(run, out)
+    # --dry-run checks too
+    rc, out, err, _ = run_cli(tmp, 'sim', '--dry-run', '--run-dir', str(tmp / 'dry'), '--set', override)
+    assert rc == 2 and err.strip().splitlines() == lines, err
+
+
+def test_good_set_passes_dry_run_typed_like_the_parameter(tmp):
+    run = tmp / 'run'
+    rc, out, err, _ = run_cli(tmp, 'real', '--dry-run', '--run-dir', str(run),
+                              '--set', 'policy.max_joint_delta=0.04', '--set', 'policy.staleness_s=1',
+                              '--set', 'learner.preset=123', '--set', 'policy.joint_lower=[-3,-2,-2,-3,-2,-3]')
+    assert rc == 0, out + err
+    pol = rosparams.load_params_file(run / 'params' / 'policy.effective.yaml')['/policy']
+    assert pol['max_joint_delta'] == 0.04 and pol['staleness_s'] == 1.0 and isinstance(pol['staleness_s'], float)
+    assert pol['joint_lower'] == [-3.0, -2.0, -2.0, -3.0, -2.0, -3.0]
+    assert rosparams.load_params_file(run / 'params' / 'learner.effective.yaml')['/learner']['preset'] == '123'
+
+
+def test_bad_params_file_names_file_and_parameters(tmp):
+    user = tmp / 'user.yaml'
+    user.write_text('/**/learner:\n  ros__parameters:\n    utd_ratio: 2\n    etaa: 0.1\n')
+    run = tmp / 'run'
+    rc, out, err, secs = run_cli(tmp, 'real', '--run-dir', str(run), '--duration', '60', '--params-file', str(user))
+    assert rc == 2 and secs < 20, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert 'unknown parameter learner.etaa' in lines[0] and str(user) in lines[0]
+    assert 'parameter learner.utd_ratio' in lines[1] and 'expects float (write 2.0, not 2)' in lines[1]
+    assert_nothing_started(run, out)
+
+
 def test_parse_duration():
     assert runner.parse_duration('90') == 90
     assert runner.parse_duration('30m') == 1800
@@ -283,12 +343,12 @@ def test_run_sim_script_dry_run(tmp):
     from _bringup_helpers import REPO
     env = ros_env(private_domain()[0])
     r = subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--dry-run', '--run-dir', str(tmp / 'r'),
-                        '--obs-mode', 'state', '--episodes', '4', '--', '--set', 'learner.pretrain_steps=10'],
+                        '--obs-mode', 'state', '--episodes', '4', '--', '--set', 'learner.utd_ratio=3'],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f'collect_demos --task pick_cube --obs-mode state --episodes 4 --out {tmp}/r/demos' in r.stdout
     learner = (tmp / 'r' / 'params' / 'learner.run.yaml').read_text()
-    assert f'demo_dataset: {tmp}/r/demos' in learner and 'pretrain_steps: 10' in learner
+    assert f'demo_dataset: {tmp}/r/demos' in learner and 'utd_ratio: 3.0' in learner
     assert 'duration 1800 s' in r.stdout  # default 30 min
     assert f'results in {tmp}/r' in r.stdout
     h = subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--help'], capture_output=True, text=True)

@@ -1,5 +1,6 @@
-# Tests here share `_bringup_helpers.py`; pytest runs with --import-mode=importlib (several packages have a
-# test/ folder), which does not put this folder on sys.path by itself.
+# Tests here share `_bringup_helpers.py`. pytest's default import mode (prepend) already puts this folder on
+# sys.path (the test folders have no __init__.py); this keeps the helpers importable under
+# `--import-mode=importlib` too, which does not.
 import sys
 from pathlib import Path
 

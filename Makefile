@@ -1,6 +1,7 @@
-# The two commands of the README:
-#   make run   - the sim main job: scripted demos -> offline pre-training -> online POCO fine-tuning in MuJoCo
-#   make test  - set-up when needed, then every package's tests
+# The commands of the README:
+#   make run    - the sim main job: scripted demos -> offline pre-training -> online POCO fine-tuning in MuJoCo
+#   make test   - set-up when needed, then every package's tests
+#   make bench  - every package's benchmarks in their quick mode (ARGS="update env": only those)
 .PHONY: setup test run bench clean
 setup:
 	bash scripts/setup.sh
@@ -9,6 +10,6 @@ test:
 run: setup
 	bash scripts/run_sim.sh $(ARGS)
 bench: setup
-	bash scripts/bench.sh
+	bash scripts/bench.sh $(ARGS)
 clean:
 	rm -rf build install log

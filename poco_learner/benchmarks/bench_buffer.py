@@ -1,7 +1,7 @@
 """Benchmark `poco_learner.buffer.ReplayBuffer` against a naive reference, in the same run.
 
     python poco_learner/benchmarks/bench_buffer.py [--episodes 200] [--length 100] [--obs-dim 135] [--reps 5]
-                                                   [--json out.json]
+                                                   [--json out.json] [--quick]
 
 What is timed (each implementation on the same data, runs interleaved ours/reference, median reported):
   sample      sample(B=256, T=5, gamma=0.99): the learner's per-update batch (obs, T actions, rewards, valid,
@@ -208,7 +208,12 @@ def main(argv=None) -> dict:
     ap.add_argument('--sample-calls', type=int, default=50, help='sample() calls per timed repetition (ours)')
     ap.add_argument('--dir', default=None, help='scratch directory (default: a temp dir, removed at the end)')
     ap.add_argument('--json', default=None)
+    ap.add_argument('--quick', action='store_true',
+                    help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(episodes=20, length=40, reps=1, sample_calls=5)
+        args = ap.parse_args(argv)
     gamma = 0.99
     D, B, T = args.obs_dim, args.batch, args.horizon
     eps = make_episodes(args.episodes, args.length, D)

@@ -8,7 +8,7 @@ a Python loop. Variants of ours: defaults (eta = 0.001), eta = 0.1 (flat weights
 single-state chunk latency (p50/p99), and bf16-vs-fp32 checks of the E-step samples (same noise; distribution
 statistics), the E-step weights (next to the change one critic step makes) and the candidate-loss gradient.
 
-    python poco_learner/benchmarks/bench_update.py [--reps 7] [--breakdown] [--json out.json]
+    python poco_learner/benchmarks/bench_update.py [--reps 7] [--breakdown] [--json out.json] [--quick]
 
 The machine is shared: timings are interleaved round by round (each variant once per round) and reported as
 min, median and the median of the per-round ratios (the most load-robust number).
@@ -272,7 +272,12 @@ def main(argv=None) -> dict:
                          'every candidate kept), reference (naive fp32)')
     ap.add_argument('--breakdown', action='store_true', help='also time the phases of our update')
     ap.add_argument('--json', default=None, help='write the results here')
+    ap.add_argument('--quick', action='store_true',
+                    help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(reps=1, fit_steps=5, variants='ours,reference')
+        args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     use_bf16 = cpu_supports_bf16()

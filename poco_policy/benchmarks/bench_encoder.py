@@ -1,6 +1,6 @@
 """Per-image latency of the frozen ResNet-10 encoder: naive reference vs the configurations we use.
 
-    python poco_policy/benchmarks/bench_encoder.py [--n 32] [--image-size 128] [--repeats 7]
+    python poco_policy/benchmarks/bench_encoder.py [--n 32] [--image-size 128] [--repeats 7] [--quick]
 
 naive   : fp32, NCHW, one image per forward pass (a straightforward loop)
 tick    : one control tick of the policy node: front + wrist in ONE forward pass (B=2), fp32 channels_last
@@ -27,7 +27,12 @@ def main() -> None:
     ap.add_argument('--image-size', type=int, default=128)
     ap.add_argument('--repeats', type=int, default=7)
     ap.add_argument('--feature-dim', type=int, default=64)
+    ap.add_argument('--quick', action='store_true',
+                    help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = ap.parse_args()
+    if args.quick:
+        ap.set_defaults(n=4, repeats=1)
+        args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the random-weights warning is expected here
 
     size = args.image_size

@@ -1,7 +1,7 @@
 """Policy node latency (observation -> action chunk, p50/p99) and control-rate jitter at 15 Hz, end to end.
 
     python poco_policy/benchmarks/bench_policy_node.py [--modes pixels,state] [--seconds 30] [--repeats 3]
-                                                        [--task pick_cube] [--json out.json]
+                                                        [--task pick_cube] [--json out.json] [--quick]
 
 Per mode and repetition it starts, as separate OS processes, the sim node (the robot stand-in: joint states,
 two 128x128 cameras in pixels mode, the reset service) and the policy node, publishes paper-size actor weights
@@ -433,7 +433,12 @@ def main(argv=None) -> dict:
     ap.add_argument('--dump-raw', action='store_true', help='keep raw arrival times in the JSON output')
     ap.add_argument('--sim-exe', default=str(SIM_EXE), help='sim node executable (default: the built workspace)')
     ap.add_argument('--json', default=None)
+    ap.add_argument('--quick', action='store_true',
+                    help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(modes='state', seconds=3.0, warmup=1.0, repeats=1, naive_reps=5)
+        args = ap.parse_args(argv)
     for exe in (Path(args.sim_exe), Path(args.policy_exe)):
         if not exe.exists():
             sys.exit(f'{exe} is missing: build the workspace first (bash scripts/setup.sh)')

@@ -1,6 +1,7 @@
 """Env throughput: steps/s with both cameras (128x128) and in state mode, vs a naive rendering reference.
 
     python poco_sim/benchmarks/bench_env.py [--task pick_cube] [--image-size 128] [--seconds 1] [--repeats 3]
+                                        [--quick]
 
 Goals (issue #4): pixels >= 150 steps/s, state >= 2000 steps/s on the 2-core CI machine. The reference renders
 with MuJoCo's out-of-the-box settings (4096 shadow map, shadow-casting light, 4x MSAA, reflections), which the
@@ -51,7 +52,12 @@ def main(argv=None) -> int:
     p.add_argument('--repeats', type=int, default=3,
                    help='repeats per configuration; the best is reported (other jobs share the cores)')
     p.add_argument('--json', action='store_true', help='also print one JSON line with the numbers')
+    p.add_argument('--quick', action='store_true',
+                   help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(seconds=0.3, repeats=1)
+        args = p.parse_args(argv)
     res, cpu = {}, {}
     for key, mode, quality in (('pixels', 'pixels', 'fast'), ('state', 'state', 'fast'),
                                ('pixels_naive_reference', 'pixels', 'default')):

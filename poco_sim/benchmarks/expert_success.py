@@ -1,6 +1,6 @@
 """Scripted-expert success over seeded episodes, per task, noiseless and with the noisy-demo preset.
 
-    python poco_sim/benchmarks/expert_success.py [--episodes 100] [--tasks pick_cube peg_insert]
+    python poco_sim/benchmarks/expert_success.py [--episodes 100] [--tasks pick_cube peg_insert] [--quick]
 
 Episode i uses env seed 1000 + i (state mode; the expert acts on the same privileged state in pixels mode).
 Targets (issue #4): noiseless >= 90 %, noisy preset ~60-80 %.
@@ -42,7 +42,12 @@ def main(argv=None) -> int:
     p.add_argument('--episodes', type=int, default=100)
     p.add_argument('--tasks', nargs='+', default=['pick_cube', 'peg_insert'])
     p.add_argument('--json', action='store_true')
+    p.add_argument('--quick', action='store_true',
+                   help='smoke run: small sizes, one repetition (what `make bench` runs)')
     args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(episodes=3)
+        args = p.parse_args(argv)
     out = {}
     for task in args.tasks:
         t0 = time.time()

@@ -412,3 +412,60 @@ def check_params(node: str, params: Mapping[str, tuple[Any, Any]], schema: NodeS
             errors.append(f'parameter {node}.{name} (from {origin}) expects {want}{hint}, '
                           f'got {value!r} ({_type_of(value)})')
     return errors
+
+
+def check_graph(specs: Iterable[Any], overrides: Iterable[str] = ()) -> list[str]:
+    """Check every node's effective parameters (package YAMLs, user params files, run values, `--set`) against
+    the config the node declares, before anything starts: one line per parameter the node would ignore
+    (unknown name) or reject (wrong type), [] when all fit. `specs` are graph.NodeSpec; processes given as
+    an explicit `command` and executables that declare no config (rviz2) are not checked.
+
+    `--set` values (`overrides`, 'node.param=value') are first typed like the parameter they set, in the
+    spec's parameter dict (`1` for a float is 1.0, `on` for a string is 'on'): that is what the user means,
+    and ROS would otherwise reject the node's start-up."""
+    raw: dict[tuple[str, str], str] = {}
+    for item in overrides:
+        key, _, value = item.partition('=')
+        node, _, param = key.strip().partition('.')
+        raw[(node, param)] = value.strip()
+    errors: list[str] = []
+    for s in specs:
+        if s.command or not s.parameters:
+            continue
+        try:
+            schema = node_schema(s.package, s.executable)
+        except (ImportError, SyntaxError) as e:
+            errors.append(f'node {s.name}: cannot read the parameter schema of {s.package}/{s.executable}: {e}')
+            continue
+        if schema is None:
+            continue
+        for (node, param), text in raw.items():
+            want = schema.lookup(param)
+            if node == s.name and want is not None:
+                _type_override(s.parameters, param, text, want)
+
+        def where(name, src, node=s.name):
+            if isinstance(src, Mapping):
+                return '--set' if (node, name) in raw else 'the run arguments'
+            return str(src)
+        try:
+            params = merge_traced(s.parameters, s.fqn)
+        except (ValueError, OSError) as e:  # a malformed or unreadable params file
+            errors.append(f'node {s.name}: {e}')
+            continue
+        errors += check_params(s.name, params, schema, where)
+    return errors
+
+
+def _type_override(sources: list, param: str, text: str, want: ParamType) -> None:
+    for p in reversed(sources):  # the dict the override went into (the last one holding it)
+        if isinstance(p, dict) and param in p:
+            v = p[param]
+            if want.kind is str and not want.array and not isinstance(v, str):
+                p[param] = text
+            elif want.kind is float and not want.array and isinstance(v, int) and not isinstance(v, bool):
+                p[param] = float(v)
+            elif (want.kind is float and want.array and isinstance(v, list) and v
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                p[param] = [float(x) for x in v]
+            return

@@ -165,63 +165,6 @@ def build_command(spec: NodeSpec, params_files: Sequence[str]) -> list[str]:
     return cmd
 
 
-# ----------------------------------------------------------------------------------- parameter check
-def check_parameters(specs: Sequence[NodeSpec], overrides: Sequence[str] = ()) -> None:
-    """Check every node's effective parameters (package YAMLs, user params files, run values, --set) against
-    the config dataclass the node declares, before anything starts: UsageError with one line per parameter
-    the node would ignore (unknown name) or reject (wrong type). Processes given as an explicit `command`
-    and executables that declare no config (rviz2) are not checked.
-
-    `--set` values are first typed like the parameter they set (`1` for a float is 1.0, `on` for a string
-    is 'on'): that is what the user means, and ROS would otherwise reject the node's start-up."""
-    raw: dict[tuple[str, str], str] = {}
-    for item in overrides:
-        key, _, value = item.partition('=')
-        node, _, param = key.strip().partition('.')
-        raw[(node, param)] = value.strip()
-    errors: list[str] = []
-    for s in specs:
-        if s.command or not s.parameters:
-            continue
-        try:
-            schema = rosparams.node_schema(s.package, s.executable)
-        except (ImportError, SyntaxError) as e:
-            raise UsageError(f'node {s.name!r}: cannot read the parameter schema of '
-                             f'{s.package}/{s.executable}: {e}')
-        if schema is None:
-            continue
-        for (node, param), text in raw.items():
-            want = schema.lookup(param)
-            if node == s.name and want is not None:
-                _coerce_override(s, param, text, want)
-
-        def where(name, src, node=s.name):
-            if isinstance(src, dict):
-                return '--set' if (node, name) in raw else 'the run arguments'
-            return str(src)
-        try:
-            params = rosparams.merge_traced(s.parameters, s.fqn)
-        except (ValueError, OSError) as e:  # a malformed or unreadable params file
-            raise UsageError(str(e))
-        errors += rosparams.check_params(s.name, params, schema, where)
-    if errors:
-        raise UsageError('\nrun: error: '.join(errors))
-
-
-def _coerce_override(spec: NodeSpec, param: str, text: str, want: rosparams.ParamType) -> None:
-    for p in reversed(spec.parameters):  # the dict the override went into (the last one holding it)
-        if isinstance(p, dict) and param in p:
-            v = p[param]
-            if want.kind is str and not want.array and not isinstance(v, str):
-                p[param] = text
-            elif want.kind is float and not want.array and isinstance(v, int) and not isinstance(v, bool):
-                p[param] = float(v)
-            elif (want.kind is float and want.array and isinstance(v, list) and v
-                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                p[param] = [float(x) for x in v]
-            return
-
-
 # --------------------------------------------------------------------------------------- processes
 _libc = None
 
@@ -546,7 +489,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 specs = graph_mod.apply_overrides(load_graph_file(ns.graph, gargs), gargs.overrides)
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(str(e))
-        check_parameters(specs, gargs.overrides)  # also for --dry-run: a bad value fails here, not in a node
+        errors = rosparams.check_graph(specs, gargs.overrides)  # also for --dry-run: fail here, not in a node
+        if errors:
+            raise UsageError('\nrun: error: '.join(errors))
         domain_id, source, lock = choose_domain_id(ns.domain_id, os.environ)
         env = child_environment(os.environ, domain_id, run_dir)
         runner = Runner(specs, run_dir, env, sigint_timeout=ns.sigint_timeout, sigterm_timeout=ns.sigterm_timeout)

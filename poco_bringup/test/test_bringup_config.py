@@ -152,3 +152,16 @@ def test_params_file_keys_stay_strings():
 def test_node_schema_of_non_config_executables_is_none():
     assert rosparams.node_schema('rviz2', 'rviz2') is None
     assert rosparams.node_schema('no_such_package_xyz', 'nope') is None
+
+
+def test_check_graph_passes_the_package_graphs_and_names_bad_overrides(tmp_path):
+    for make in (graph.sim_graph, graph.real_graph):
+        assert rosparams.check_graph(make(run_dir=str(tmp_path), rviz=True)) == []  # rviz2: no schema, skipped
+    sets = ['policy.max_joint_delt=0.1', 'sim.seed=1.5', 'policy.staleness_s=2', 'learner.preset=07']
+    specs = {s.name: s for s in graph.sim_graph(overrides=sets)}
+    errors = rosparams.check_graph(specs.values(), sets)
+    assert len(errors) == 2, errors  # in graph order: sim, policy
+    assert errors[0] == 'parameter sim.seed (from --set) expects integer, got 1.5 (float)'
+    assert errors[1].startswith('unknown parameter policy.max_joint_delt (from --set)')
+    assert specs['policy'].effective_parameters()['staleness_s'] == 2.0  # typed like the parameter
+    assert specs['learner'].effective_parameters()['preset'] == '07'     # the text, not YAML's octal 7

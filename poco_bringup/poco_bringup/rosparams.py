@@ -14,7 +14,15 @@ the package YAMLs. The rules mirror what rcl/rclpy do with `--params-file a.yaml
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
 import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -202,8 +210,6 @@ def param_schema(cls) -> dict[str, Any]:
 
 
 def _flat_schema(cls, prefix: str = '') -> dict[str, Any]:
-    import dataclasses
-    import typing
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -250,8 +256,6 @@ def _scalar_kind(v: Any) -> Optional[type]:
 def ros_type(tp: Any, default: Any = None) -> ParamType:
     """ParamType of a config field from its type hint, refined by its default (what declare_parameter sees:
     None -> '' string, tuples -> arrays, dicts -> JSON strings)."""
-    import types
-    import typing
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):  # Optional[X]: a None default is declared as '' (string)
         rest = [a for a in args if a is not type(None)]
@@ -309,14 +313,12 @@ class NodeSchema:
 def _node_module(package: str, executable: str) -> Optional[str]:
     """Module of a console script (its entry point), else the `<package>.<executable>` convention."""
     try:
-        from importlib.metadata import entry_points
-        for ep in entry_points(group='console_scripts', name=executable):
+        for ep in importlib.metadata.entry_points(group='console_scripts', name=executable):
             dist = getattr(ep, 'dist', None)
             if dist is None or dist.name.replace('-', '_') == package:
                 return ep.value.partition(':')[0].strip()
     except Exception:  # a broken distribution must not hide the convention below
         pass
-    import importlib.util
     name = f'{package}.{executable}'
     try:
         return name if importlib.util.find_spec(name) is not None else None
@@ -328,9 +330,6 @@ def node_schema(package: str, executable: str) -> Optional[NodeSchema]:
     """The schema of a node executable: every `declare_ros_parameters(node, Config[, prefix])` and literal
     `declare_parameter('name', default)` call in its module. None when the executable is not a Python
     module (rviz2, a custom command) or declares nothing; ImportError when its module cannot be loaded."""
-    import ast
-    import importlib
-    import importlib.util
     module = _node_module(package, executable)
     if module is None:
         return None
@@ -368,8 +367,6 @@ def node_schema(package: str, executable: str) -> Optional[NodeSchema]:
 def _resolve_name(mod, tree, name: str):
     """A name used in the module: a module attribute, else bound by an import anywhere in it (local imports
     inside main() / __init__)."""
-    import ast
-    import importlib
     if hasattr(mod, name):
         return getattr(mod, name)
     for node in ast.walk(tree):
@@ -392,7 +389,6 @@ def check_params(node: str, params: Mapping[str, tuple[Any, Any]], schema: NodeS
     """One line per parameter the node would ignore (unknown name) or reject (wrong type); [] when all fit.
 
     `params` as from merge_traced; `where(name, source)` describes a source for the message."""
-    import difflib
     errors = []
     for name, (value, src) in sorted(params.items()):
         want = schema.lookup(name)

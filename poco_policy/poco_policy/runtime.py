@@ -4,16 +4,84 @@
 - `ChunkRunner`: samples a chunk when the previous one is used up, hands out one action per tick, and swaps
   to pending weights only at chunk boundaries (never mid-chunk: a chunk is one coherent plan).
 - `Safety`: joint-limit clamping, end-effector box check and input staleness (watchdog).
+- `DropCounter`: counts dropped input messages per reason and throttles their log lines per reason (the
+  nodes' callbacks never raise: a bad message is counted, logged at most every few seconds, and dropped).
+- `use_sim_time_from_env`: the sim graph's switch to sim time for nodes started by the runner / launch.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+
+
+SIM_TIME_ENV = 'POCO_USE_SIM_TIME'
+
+
+class BadInput(ValueError):
+    """A message that must be dropped; `reason` is a short fixed label (the counter key), the text the detail."""
+
+    def __init__(self, reason: str, detail: str = ''):
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class DropCounter:
+    """Dropped inputs by reason, with a per-reason log throttle of our own.
+
+    rclpy's throttled logging keys its filter state by call site and raises when one call site is used with
+    different filter settings; one `drop()` call site with no rclpy filter avoids that class of crash, and the
+    throttle is per reason (a flood of one kind of bad message does not hide another kind)."""
+
+    def __init__(self, throttle_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.throttle_s = throttle_s
+        self._clock = clock
+        self.counts: dict[str, int] = {}
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (time, count) of its last log line
+
+    def drop(self, reason: str) -> Optional[str]:
+        """Count one dropped message. Returns the suffix for a log line when this reason may log now
+        (first time, or throttle_s after its last line), else None."""
+        n = self.counts[reason] = self.counts.get(reason, 0) + 1
+        return self.allow(reason, n)
+
+    def allow(self, key: str, n: Optional[int] = None) -> Optional[str]:
+        """Throttle only (no counting): the suffix when `key` may log now, else None."""
+        now = self._clock()
+        last = self._logged.get(key)
+        if last is not None and now - last[0] < self.throttle_s:
+            return None
+        since = (n - last[1]) if (last is not None and n is not None) else None
+        self._logged[key] = (now, n if n is not None else 0)
+        if n is None:
+            return ''
+        return f'({n} so far' + (f', {since} in the last {now - last[0]:.0f} s)' if since is not None else ')')
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ', '.join(f'{k}: {v}' for k, v in sorted(self.counts.items())) or 'none'
+
+
+def use_sim_time_from_env(node, environ=None) -> bool:
+    """Switch `node` to sim time (the standard `use_sim_time` parameter) when $POCO_USE_SIM_TIME is 1/true.
+
+    The sim graph sets the variable for every node but the sim (graph.py says why a variable and not a
+    parameter file); a node started by hand uses `-p use_sim_time:=true` as usual. Returns whether the node
+    clock follows /clock now. rclpy is imported here only, so this module stays importable without ROS."""
+    env = os.environ if environ is None else environ
+    if env.get(SIM_TIME_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on'):
+        from rclpy.parameter import Parameter
+        if not node.get_parameter('use_sim_time').value:
+            node.set_parameters([Parameter('use_sim_time', Parameter.Type.BOOL, True)])
+    return bool(node.get_parameter('use_sim_time').value)
 
 
 class WeightsRejected(ValueError):
@@ -138,9 +206,9 @@ def finite_array(values, size: Optional[int] = None, name: str = 'array') -> np.
     """Message field -> float32 array, with a clear error for wrong sizes or NaN/inf."""
     a = np.asarray(values, dtype=np.float32).reshape(-1)
     if size is not None and a.size != size:
-        raise ValueError(f'{name}: expected {size} values, got {a.size}')
+        raise BadInput('wrong size', f'{name}: expected {size} values, got {a.size}')
     if not np.isfinite(a).all():
-        raise ValueError(f'{name}: contains NaN or inf')
+        raise BadInput('non-finite', f'{name}: contains NaN or inf')
     return a
 
 
@@ -148,11 +216,15 @@ def image_to_array(height: int, width: int, encoding: str, step: int, data) -> n
     """sensor_msgs/Image fields -> HxWx3 uint8 RGB (rgb8 / bgr8 / rgba8 / bgra8 / mono8)."""
     channels = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
     if encoding not in channels:
-        raise ValueError(f'unsupported image encoding {encoding!r} (supported: {sorted(channels)})')
+        raise BadInput('unsupported encoding',
+                       f'unsupported image encoding {encoding[:40]!r} (supported: {sorted(channels)})')
     c = channels[encoding]
     buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    if height <= 0 or width <= 0:
+        raise BadInput('empty image', f'image of {height}x{width} pixels')
     if step < width * c or buf.size < step * height:
-        raise ValueError(f'image data too small: {buf.size} bytes for {height}x{width} {encoding} step {step}')
+        raise BadInput('image too small',
+                       f'image data too small: {buf.size} bytes for {height}x{width} {encoding} step {step}')
     img = buf[: step * height].reshape(height, step)[:, : width * c].reshape(height, width, c)
     if encoding == 'bgr8':
         img = img[..., ::-1]
@@ -163,3 +235,23 @@ def image_to_array(height: int, width: int, encoding: str, step: int, data) -> n
     elif encoding == 'mono8':
         img = np.repeat(img, 3, axis=2)
     return np.ascontiguousarray(img)
+
+
+def diagnostics(stamp, name: str, values: dict, drops: Optional[DropCounter] = None, message: str = ''):
+    """A diagnostic_msgs/DiagnosticArray with one status `name`: `values` plus the drop counters
+    (`dropped/<reason>`). Level WARN while any input was dropped in the node's life, else OK."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    st = DiagnosticStatus()
+    st.name, st.hardware_id = name, name
+    kv = {k: v for k, v in values.items()}
+    if drops is not None:
+        kv['dropped_total'] = drops.total
+        kv.update({f'dropped/{k}': n for k, n in sorted(drops.counts.items())})
+    st.values = [KeyValue(key=str(k), value=str(v)) for k, v in kv.items()]
+    dropped = drops is not None and drops.total > 0
+    st.level = DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK
+    st.message = message or (f'dropped inputs: {drops.summary()}' if dropped else 'ok')
+    arr = DiagnosticArray()
+    arr.header.stamp = stamp
+    arr.status = [st]
+    return arr

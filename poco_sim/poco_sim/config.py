@@ -28,3 +28,11 @@ class SimNodeConfig:
     bbox_cm: tuple = DEFAULT_BBOX_CM    # end-effector box [cm] (see above); reported as bbox_violation in logs
     joint_names: tuple = ARM_JOINTS     # names published on joint_states (and accepted on joint_commands)
     frame_id: str = 'base_link'         # frame of ee_pose
+    # Sim time (the sim graph turns these on; the standalone node keeps the wall clock):
+    sim_time: bool = False              # publish /clock; stamps = sim time (ticks x control period, from 0)
+    pacing: bool = False                # needs sim_time: advance one tick only when the policy acknowledged the
+                                        # last one (poco/policy_tick) and the learner is not behind its
+                                        # update-to-data ratio (poco/learner_pace); as fast as that allows
+    pace_timeout_s: float = 1.0         # wall s without an ack / pace message: stop waiting for that partner
+                                        # (no policy: real_time_factor pace; no learner: do not wait for it)
+    max_real_time_factor: float = 0.0   # pacing: cap on sim seconds per wall second (0 = no cap)

@@ -5,36 +5,54 @@ when the previous one is used up, send one step of it as joint targets, and publ
 Transition for the learner. Weights arrive from the learner and are swapped in between chunks only.
 It also runs the episode lifecycle (start, success, e-stop, timeout, reset), because it is the one process
 that knows which step the robot is on.
+
+Time: every time comparison (watchdog staleness, teleop freshness, reset timeout) and the tick timer use the
+node clock, so in the sim graph (use_sim_time, the sim publishes /clock) a paused sim pauses the policy too and
+never trips the watchdog. With sim time a tick waits (at most `sync_timeout_s` wall seconds) until the
+observation stamped with the tick's time has arrived, then runs; after every tick, whatever the phase, the node
+publishes poco_msgs/PolicyTick on `poco/policy_tick` (the sim's pacing acknowledgement; its joint command of
+that tick, stamped with the same time, went out first).
+Inputs: every callback is guarded; a bad message is counted per reason (on /diagnostics), logged at most every
+few seconds per reason, and dropped. Nothing a message contains may stop the node.
 """
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, Point
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyWeights, Transition
+from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, Transition
 from poco_msgs.srv import Reset, SetMode
 
 from poco_policy.config import declare_ros_parameters
-from poco_policy.runtime import (ChunkRunner, Safety, SafetyLimits, WeightsGate, WeightsRejected,
-                                 finite_array, image_to_array)
+from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Safety, SafetyLimits, WeightsGate,
+                                 WeightsRejected, diagnostics, finite_array, image_to_array,
+                                 use_sim_time_from_env)
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
+
+
+def _ns(t) -> int:
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
 @dataclass
@@ -65,6 +83,7 @@ class PolicyNodeConfig:
     reset_timeout_s: float = 10.0
     seed: int = 0
     torch_threads: int = 1
+    sync_timeout_s: float = 0.25        # sim time: wall s a tick waits for its observation, then runs anyway
 
 
 class PolicyNode(Node):
@@ -72,6 +91,9 @@ class PolicyNode(Node):
         super().__init__('policy', **kwargs)
         self.cfg = declare_ros_parameters(self, PolicyNodeConfig)
         cfg = self.cfg
+        self.sim_time = use_sim_time_from_env(self)  # before any timer: they run on the node clock
+        self.drops = DropCounter()
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         import torch  # imported here so `--help`-like uses of the module stay light
         torch.set_num_threads(max(1, cfg.torch_threads))
         self._torch = torch
@@ -91,7 +113,7 @@ class PolicyNode(Node):
                                           np.array(cfg.ee_box_min), np.array(cfg.ee_box_max), cfg.staleness_s))
         self.rng = np.random.default_rng(cfg.seed)
 
-        # latest inputs, with monotonic receive time
+        # latest inputs, with their receive time on the node clock (sim time in the sim graph)
         self.q: Optional[np.ndarray] = None
         self.gripper = 1.0
         self.stamps: dict[str, Optional[float]] = {'joint_states': None}
@@ -115,18 +137,29 @@ class PolicyNode(Node):
         self.success_flag = False
         self.last_cmd: Optional[np.ndarray] = None
         self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions
+        # header stamps [ns] of the newest joint state / images / ee pose, and sim/state arrivals (it has no
+        # header): with sim time a tick runs once the observation of its time is in
+        self._obs_ns = {'joint_states': -1}
+        self._ee_ns: Optional[int] = None
+        self._state_seq = self._state_seq_used = 0
+        self._due: Optional[tuple[int, float]] = None  # sim time: (tick time ns, wall time) of a waiting tick
+        self._cmd_in_tick = False
+        self._reset_stamp_ns = 0
+        self.ticks = 0
 
         sensors = qos_profile_sensor_data
-        self.create_subscription(JointState, 'joint_states', self.on_joint_states, sensors)
+        g = self._guard
+        self.create_subscription(JointState, 'joint_states', g('joint_states', self.on_joint_states), sensors)
         for c in cfg.cameras if cfg.obs_mode == 'pixels' else ():
-            self.create_subscription(Image, f'cameras/{c}/image_raw', lambda m, c=c: self.on_image(c, m), sensors)
+            self.create_subscription(Image, f'cameras/{c}/image_raw',
+                                     g(f'cameras/{c}', lambda m, c=c: self.on_image(c, m)), sensors)
         if cfg.obs_mode == 'state':
-            self.create_subscription(Float32MultiArray, 'sim/state', self.on_state, sensors)
-        self.create_subscription(PoseStamped, 'ee_pose', self.on_ee, sensors)
-        self.create_subscription(Bool, 'poco/estop', self.on_estop, LATCHED)
-        self.create_subscription(Bool, 'poco/success', self.on_success, RELIABLE)
-        self.create_subscription(PolicyWeights, 'poco/policy_weights', self.on_weights, LATCHED)
-        self.create_subscription(ActionChunk, 'teleop/action', self.on_teleop, RELIABLE)
+            self.create_subscription(Float32MultiArray, 'sim/state', g('sim/state', self.on_state), sensors)
+        self.create_subscription(PoseStamped, 'ee_pose', g('ee_pose', self.on_ee), sensors)
+        self.create_subscription(Bool, 'poco/estop', g('estop', self.on_estop), LATCHED)
+        self.create_subscription(Bool, 'poco/success', g('success', self.on_success), RELIABLE)
+        self.create_subscription(PolicyWeights, 'poco/policy_weights', g('weights', self.on_weights), LATCHED)
+        self.create_subscription(ActionChunk, 'teleop/action', g('teleop', self.on_teleop), RELIABLE)
 
         self.cmd_pub = self.create_publisher(JointState, 'joint_commands', QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
@@ -137,61 +170,106 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(ActionChunk, 'poco/action_chunk', RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, 'poco/chunk_markers', RELIABLE)
         self.box_pub = self.create_publisher(Marker, 'poco/safety_box', LATCHED)
+        self.tick_pub = self.create_publisher(PolicyTick, 'poco/policy_tick', RELIABLE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE)
         self.reset_client = self.create_client(Reset, 'poco/reset')
-        self.create_service(SetMode, 'poco/set_mode', self.on_set_mode)
-        self.create_service(Trigger, 'poco/start_episode', self.on_start_episode)
+        self.create_service(SetMode, 'poco/set_mode', self._guard_service('set_mode', self.on_set_mode))
+        self.create_service(Trigger, 'poco/start_episode', self._guard_service('start_episode', self.on_start_episode))
         # operator's start button (real robot): same as the service
-        self.create_subscription(Bool, 'poco/start', self.on_start_button, RELIABLE)
+        self.create_subscription(Bool, 'poco/start', g('start', self.on_start_button), RELIABLE)
         self._reset_future = None
         self._reset_started = 0.0
 
         if cfg.initial_weights:
             self._load_initial(cfg.initial_weights)
         self._publish_box()
+        # The control tick runs on the node clock (sim time in the sim graph); bookkeeping on the steady clock.
         self.timer = self.create_timer(1.0 / cfg.control_rate_hz, self.tick)
+        if self.sim_time:
+            self.create_timer(0.05, g('sync', self._run_due), clock=self._steady)
+        self.create_timer(1.0, g('diagnostics', self.publish_diagnostics), clock=self._steady)
         self.get_logger().info(f'policy node up: obs_mode={cfg.obs_mode} rate={cfg.control_rate_hz} Hz '
-                               f'H={cfg.max_episode_steps} mode={cfg.mode}')
+                               f'H={cfg.max_episode_steps} mode={cfg.mode}'
+                               + (' on sim time (/clock)' if self.sim_time else ''))
+
+    # ---------------------------------------------------------------- input guard
+    def _guard(self, what: str, fn):
+        """Callbacks never raise: a failure is counted under `what: reason`, logged per reason at most every
+        few seconds (our own throttle: no rclpy filter state to conflict), and the message is dropped."""
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except BadInput as e:
+                self._drop(f'{what}: {e.reason}', str(e))
+            except Exception as e:  # noqa: BLE001 - nothing a message contains may stop the node
+                self._drop(f'{what}: {type(e).__name__}', str(e))
+        guarded.__name__ = getattr(fn, '__name__', what)
+        return guarded
+
+    def _guard_service(self, what: str, fn):
+        def guarded(req, resp):
+            try:
+                return fn(req, resp)
+            except Exception as e:  # noqa: BLE001
+                self._drop(f'{what}: {type(e).__name__}', str(e))
+                resp.success, resp.message = False, f'{type(e).__name__}: {e}'[:500]
+                return resp
+        return guarded
+
+    def _drop(self, reason: str, detail: str):
+        suffix = self.drops.drop(reason)
+        if suffix is not None:
+            self.get_logger().warning(f'dropped {reason}: {detail[:300]} {suffix}')
+
+    def _now(self) -> float:
+        """Node-clock seconds (sim time in the sim graph, else ROS/system time): all time comparisons."""
+        return self.get_clock().now().nanoseconds * 1e-9
 
     # ---------------------------------------------------------------- inputs
     def on_joint_states(self, msg: JointState):
-        try:
-            pos = dict(zip(msg.name, msg.position))
-            q = finite_array([pos[n] for n in self.cfg.joint_names], 6, 'joint_states')
-            g = float(pos.get('gripper', self.gripper))
-        except (KeyError, ValueError) as e:
-            self.get_logger().warning(f'dropping malformed joint_states: {e}', throttle_duration_sec=5.0)
-            return
+        names, positions = list(msg.name), list(msg.position)
+        if len(names) != len(positions):
+            raise BadInput('names/positions mismatch', f'{len(names)} names but {len(positions)} positions')
+        if len(set(names)) != len(names):
+            raise BadInput('duplicated joint', f'duplicated names in {names[:20]}')
+        pos = dict(zip(names, positions))
+        missing = [n for n in self.cfg.joint_names if n not in pos]
+        if missing:
+            raise BadInput('missing joint', f'missing joints {missing}')
+        q = finite_array([pos[n] for n in self.cfg.joint_names], 6, 'joint_states')
+        g = float(pos.get('gripper', self.gripper))
+        if not math.isfinite(g):
+            raise BadInput('non-finite', f'joint_states: gripper {g}')
         self.q, self.gripper = q, g
-        self.stamps['joint_states'] = time.monotonic()
+        self.stamps['joint_states'] = self._now()
         self.obs_stamp = msg.header.stamp
+        self._obs_ns['joint_states'] = _ns(msg.header.stamp)
+        self._run_due()
 
     def on_image(self, cam: str, msg: Image):
-        try:
-            self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
-        except ValueError as e:
-            self.get_logger().warning(f'dropping image from {cam}: {e}', throttle_duration_sec=5.0)
-            return
-        self.stamps[cam] = time.monotonic()
+        self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
+        self.stamps[cam] = self._now()
+        self._obs_ns[cam] = _ns(msg.header.stamp)
+        self._run_due()
 
     def on_state(self, msg: Float32MultiArray):
-        try:
-            self.state = finite_array(msg.data, None, 'sim/state')
-        except ValueError as e:
-            self.get_logger().warning(f'dropping state: {e}', throttle_duration_sec=5.0)
-            return
-        self.stamps['state'] = time.monotonic()
+        self.state = finite_array(msg.data, None, 'sim/state')
+        self.stamps['state'] = self._now()
+        self._state_seq += 1
+        self._run_due()
 
     def on_ee(self, msg: PoseStamped):
         p = msg.pose.position
-        self.ee = np.array([p.x, p.y, p.z], dtype=np.float32)
+        ee = np.array([p.x, p.y, p.z], dtype=np.float32)
+        if not np.isfinite(ee).all():
+            raise BadInput('non-finite', f'ee_pose position {ee.tolist()}')
+        self.ee = ee
+        self._ee_ns = _ns(msg.header.stamp)
+        self._run_due()
 
     def on_teleop(self, msg: ActionChunk):
-        try:
-            a = finite_array(msg.data, 7, 'teleop/action')
-        except ValueError as e:
-            self.get_logger().warning(f'dropping teleop action: {e}', throttle_duration_sec=5.0)
-            return
-        self.teleop = (a, time.monotonic())
+        a = finite_array(msg.data, 7, 'teleop/action')
+        self.teleop = (a, self._now())
 
     def on_success(self, msg: Bool):
         if msg.data:
@@ -201,10 +279,12 @@ class PolicyNode(Node):
         # Single-threaded executor: this runs between ticks, so the hold goes out before the next tick.
         if msg.data and not self.estop:
             self.estop = True
-            self._hold()  # halt now, not at the next tick
-            if self.phase == 'running':
-                self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
-            self.phase = 'halted'
+            try:
+                self._hold()  # halt now, not at the next tick
+                if self.phase == 'running':
+                    self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
+            finally:  # halted whatever failed above: a release must never resume a running episode
+                self.phase = 'halted'
             self.get_logger().error('E-STOP engaged: motion halted until reset')
         elif not msg.data and self.estop:
             self.estop = False
@@ -214,8 +294,7 @@ class PolicyNode(Node):
         try:
             policy, meta = self.gate.check(msg.version, msg.format, msg.sha256, bytes(msg.payload), msg.metadata)
         except WeightsRejected as e:
-            self.get_logger().error(f'rejected weights v{msg.version}: {e}; keeping v{self.gate.version}')
-            return
+            raise BadInput('rejected', f'v{msg.version}: {e}; keeping v{self.gate.version}') from e
         self.gate.accept(msg.version)
         self.runner.offer(policy, msg.version)
         self.get_logger().info(f'received weights v{msg.version} (used from the next chunk)')
@@ -273,11 +352,12 @@ class PolicyNode(Node):
 
     def _send(self, q_target: np.ndarray, gripper: float):
         msg = JointState()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self.get_clock().now().to_msg()  # sim time: the tick's time (the sim waits for it)
         msg.name = list(self.cfg.joint_names) + ['gripper']
         msg.position = [float(x) for x in q_target] + [float(gripper)]
         self.cmd_pub.publish(msg)
         self.last_cmd = np.concatenate([q_target, [gripper]])
+        self._cmd_in_tick = True
 
     def _hold(self):
         if self.q is not None:
@@ -303,7 +383,7 @@ class PolicyNode(Node):
                                f'{names.get(kind, kind)} after {self.step} steps {detail}')
 
     def _inputs_ok(self) -> bool:
-        return not self.safety.stale(self.stamps) and self.q is not None
+        return not self.safety.stale(self.stamps, self._now()) and self.q is not None
 
     def _publish_transition(self, feats, proprio, action_phys, intervention: bool, chunk_step: int):
         t = Transition()
@@ -330,7 +410,7 @@ class PolicyNode(Node):
             return
         self._choose_mode()
         self._reset_future = self.reset_client.call_async(Reset.Request(seed=-1, evaluation=self.evaluation))
-        self._reset_started = time.monotonic()
+        self._reset_started = self._now()
         self.phase = 'resetting'
         self.success_flag = False
 
@@ -349,7 +429,7 @@ class PolicyNode(Node):
 
     def _home_tick(self):
         """Drive to the home pose at the per-tick speed limit; start the episode once there."""
-        if self.q is None or self.safety.stale({'joint_states': self.stamps['joint_states']}):
+        if self.q is None or self.safety.stale({'joint_states': self.stamps['joint_states']}, self._now()):
             return
         err = np.asarray(self.cfg.home_pose, np.float64) - self.q
         if np.max(np.abs(err)) < self.cfg.home_tolerance:
@@ -400,11 +480,54 @@ class PolicyNode(Node):
 
     # ---------------------------------------------------------------- the 15 Hz tick
     def tick(self):
+        """Timer on the node clock. Wall clock: tick now. Sim time: the tick of this time waits for its
+        observation (`_run_due`); a newer tick replaces one whose observation never came."""
+        now_ns = self.get_clock().now().nanoseconds
+        if not self.sim_time:
+            self._run_tick(now_ns)
+            return
+        self._due = (now_ns, time.monotonic())
+        self._run_due()
+
+    def _observation_in(self, t_ns: int) -> bool:
+        """Sim time: the observation stamped t_ns (or later) has arrived (sim/state has no header: one new
+        message since the last tick; the sim publishes it before the joint state)."""
+        if self._obs_ns['joint_states'] < t_ns or (self._ee_ns is not None and self._ee_ns < t_ns):
+            return False
+        if self.cfg.obs_mode == 'pixels':
+            return all(self._obs_ns.get(c, -1) >= t_ns for c in self.cfg.cameras)
+        return self._state_seq > self._state_seq_used
+
+    def _run_due(self):
+        if self._due is None:
+            return
+        t_ns, since = self._due
+        if not self._observation_in(t_ns) and time.monotonic() - since < self.cfg.sync_timeout_s:
+            return
+        self._due = None
+        self._run_tick(t_ns)
+
+    def _run_tick(self, t_ns: int):
+        self._cmd_in_tick = False
+        self._state_seq_used = self._state_seq
         try:
             self._tick()
         except Exception as e:  # the control loop must survive anything; hold and report
             self.get_logger().error(f'tick failed: {type(e).__name__}: {e}', throttle_duration_sec=2.0)
             self._hold()
+        self.ticks += 1
+        ack = PolicyTick()
+        ack.header.stamp = Time(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+        if self.obs_stamp is not None:
+            ack.observation_stamp = self.obs_stamp
+        ack.command_sent, ack.phase = self._cmd_in_tick, self.phase
+        self.tick_pub.publish(ack)
+
+    def publish_diagnostics(self):
+        values = {'phase': self.phase, 'ticks': self.ticks, 'episode_id': self.episode_id, 'step': self.step,
+                  'weights_version': self.runner.version, 'estop': self.estop, 'sim_time': self.sim_time}
+        self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
+                                          values, self.drops))
 
     def _tick(self):
         cfg = self.cfg
@@ -422,8 +545,11 @@ class PolicyNode(Node):
                     self.get_logger().error(f'reset failed: {getattr(res, "message", "no response")}')
                     self.phase = 'idle'
                     return
-                self._begin_episode()
-            elif time.monotonic() - self._reset_started > cfg.reset_timeout_s:
+                # the episode starts from an observation of the new scene (stamped after the reset)
+                if self.obs_stamp is not None and _ns(self.obs_stamp) > _ns(res.stamp):
+                    self._begin_episode()
+                    return
+            if self._now() - self._reset_started > cfg.reset_timeout_s:
                 self.get_logger().error('reset timed out; retrying')
                 self.phase = 'idle'
             return
@@ -446,7 +572,7 @@ class PolicyNode(Node):
         if self.step >= cfg.max_episode_steps:
             self._end_episode(EpisodeEvent.TIMEOUT, f'step limit {cfg.max_episode_steps}')
             return
-        stale = self.safety.stale(self.stamps)
+        stale = self.safety.stale(self.stamps, self._now())
         if stale or self.q is None:
             self.get_logger().warning(f'watchdog: stale inputs {stale}; holding position', throttle_duration_sec=2.0)
             self._hold()
@@ -460,7 +586,7 @@ class PolicyNode(Node):
             return
 
         intervention, feats, proprio = False, None, None
-        if self.teleop is not None and time.monotonic() - self.teleop[1] < 3.0 / cfg.control_rate_hz:
+        if self.teleop is not None and self._now() - self.teleop[1] < 3.0 / cfg.control_rate_hz:
             action_phys, chunk_step, intervention = self.teleop[0].copy(), 0, True
             self.runner.drop_chunk()  # after the human lets go, plan afresh from the new state
         else:

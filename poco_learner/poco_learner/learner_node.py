@@ -1,62 +1,145 @@
 """Learner node: stores what the robot did and trains the policy in a background thread.
 
-ROS side (this file): transitions + episode events in, weights + status out. Learning side (no ROS):
+ROS side (this file): transitions + episode events in, weights + status + pace out. Learning side (no ROS):
 ReplayBuffer, EpisodeAssembler, Agent. Phases: pretrain (offline BC on demos, when no pre-trained policy is
 given) -> warmup (critic only, actor frozen) -> poco (online updates, paced by the update-to-data ratio).
 A restart resumes from the last checkpoint and the on-disk buffer.
+
+Time: the node clock stamps messages (sim time in the sim graph); the timers (status, pace, episode polling,
+diagnostics) run on the steady clock, so they keep going while the sim clock stands still waiting for us.
+`poco/learner_pace` (poco_msgs/LearnerPace, ~50 Hz) carries `Learner.pacing()`: the sim graph's sim waits while
+`behind`; on the wall clock (real robot) LearnerStatus.updates_per_env_step shows whether the learner keeps up.
+Inputs: transitions and events are checked here before they reach the buffer; a bad message is counted per
+reason (LearnerStatus.dropped_messages, /diagnostics), logged at most every few seconds per reason, dropped.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 
+import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from poco_msgs.msg import EpisodeEvent, LearnerStatus, PolicyWeights, Transition
+from poco_msgs.msg import EpisodeEvent, LearnerPace, LearnerStatus, PolicyWeights, Transition
 
 from poco_policy.config import declare_ros_parameters
+from poco_policy.runtime import BadInput, DropCounter, diagnostics, use_sim_time_from_env
 from poco_learner.learner import LearnerConfig as LearnerNodeConfig  # one config, same names as ROS params
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
+PACE_PERIOD_S = 0.02          # poco/learner_pace at 50 Hz of wall time
+MAX_FEATURES = 100_000        # a transition's observation can never be larger than this
+END_EVENTS = (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.ESTOP, EpisodeEvent.TIMEOUT)
 
 
 class LearnerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('learner', **kwargs)
         self.cfg = cfg = declare_ros_parameters(self, LearnerNodeConfig)
+        self.sim_time = use_sim_time_from_env(self)
+        self.drops = DropCounter()
+        self._log_throttle = DropCounter()  # per-message-kind throttle of the core's warnings
         import torch
         torch.set_num_threads(max(1, cfg.torch_threads))
         from poco_learner.learner import Learner
-        self.core = Learner(cfg, log=self._log)
-        self.create_subscription(Transition, 'poco/transition', self.on_transition, QoSProfile(
-            depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.create_subscription(EpisodeEvent, 'poco/episode_event', self.on_event, QoSProfile(
-            depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        kw = {}
+        if 'explicit' in inspect.signature(Learner).parameters:  # the names the user set win over a preset
+            kw['explicit'] = getattr(self, 'explicit_parameters', None)
+        self.core = Learner(cfg, log=self._log, **kw)
+        self.create_subscription(Transition, 'poco/transition', self._guard('transition', self.on_transition),
+                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                                            history=HistoryPolicy.KEEP_LAST))
+        self.create_subscription(EpisodeEvent, 'poco/episode_event', self._guard('episode_event', self.on_event),
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                            history=HistoryPolicy.KEEP_LAST))
         self.weights_pub = self.create_publisher(PolicyWeights, 'poco/policy_weights', LATCHED)
         self.status_pub = self.create_publisher(LearnerStatus, 'poco/learner_status', QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.pace_pub = self.create_publisher(LearnerPace, 'poco/learner_pace', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
         self.core.publish_fn = self.publish_weights
         self.core.phase_fn = self.publish_status
-        self.create_timer(1.0 / max(cfg.status_rate_hz, 0.1), self.publish_status)
-        self.create_timer(0.5, self.core.poll)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(1.0 / max(cfg.status_rate_hz, 0.1), self._guard('status', self.publish_status),
+                          clock=steady)
+        self.create_timer(PACE_PERIOD_S, self._guard('pace', self.publish_pace), clock=steady)
+        self.create_timer(0.5, self._guard('poll', self.core.poll), clock=steady)
+        self.create_timer(1.0, self._guard('diagnostics', self.publish_diagnostics), clock=steady)
         self.core.start()
-        self.get_logger().info(f'learner up: run_dir={cfg.run_dir} buffer={self.core.buffer_len()} steps')
+        self.get_logger().info(f'learner up: run_dir={cfg.run_dir} buffer={self.core.buffer_len()} steps'
+                               + (' on sim time (/clock)' if self.sim_time else ''))
 
+    # ------------------------------------------------------------------ logging + input guard
     def _log(self, level: str, text: str):
-        # 'warn' goes through rclpy's deprecation wrapper (one shared call site, which breaks throttling)
-        getattr(self.get_logger(), {'warn': 'warning'}.get(level, level))(text)
+        # One call site per severity (rclpy keys a call site's severity and filters; `.warn` goes through a
+        # deprecation wrapper that makes every call one site). Warnings are throttled per kind, by our own
+        # throttle: the core warns per dropped message.
+        lg = self.get_logger()
+        if level == 'error':
+            lg.error(text)
+        elif level in ('warn', 'warning'):
+            suffix = self._log_throttle.drop(text.split(':')[0][:60])
+            if suffix is not None:
+                lg.warning(f'{text} {suffix}')
+        elif level == 'debug':
+            lg.debug(text)
+        else:
+            lg.info(text)
 
+    def _guard(self, what: str, fn):
+        """Callbacks never raise: a failure is counted under `what: reason`, logged (throttled per reason)."""
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except BadInput as e:
+                self._drop(f'{what}: {e.reason}', str(e))
+            except Exception as e:  # noqa: BLE001 - no message may take the learner down
+                self._drop(f'{what}: {type(e).__name__}', str(e))
+        guarded.__name__ = getattr(fn, '__name__', what)
+        return guarded
+
+    def _drop(self, reason: str, detail: str):
+        suffix = self.drops.drop(reason)
+        if suffix is not None:
+            self.get_logger().warning(f'dropped {reason}: {detail[:300]} {suffix}')
+
+    # ------------------------------------------------------------------ inputs
     def on_transition(self, m: Transition):
+        nf, np_, na = len(m.features), len(m.proprio), len(m.action)
+        if np_ != 7:
+            raise BadInput('proprio size', f'proprio has {np_} values, expected 7')
+        if nf == 0 or nf > MAX_FEATURES:
+            raise BadInput('features size', f'{nf} features')
+        if m.final_observation:
+            if na not in (0, 7):
+                raise BadInput('action size', f'final observation with {na} action values')
+        elif na != 7:
+            raise BadInput('action size', f'action has {na} values, expected 7')
+        buf = self.core.buffer
+        if buf is not None and nf + np_ != buf.obs_dim:
+            raise BadInput('observation size', f'observation size {nf + np_} != buffer {buf.obs_dim}')
+        for name, values in (('features', m.features), ('proprio', m.proprio), ('action', m.action)):
+            if len(values) and not np.isfinite(np.asarray(values, dtype=np.float32)).all():
+                raise BadInput('non-finite', f'{name} contains NaN or inf')
         self.core.on_transition(m.episode_id, m.step_index, m.features, m.proprio, m.action, m.intervention,
                                 m.final_observation)
 
     def on_event(self, m: EpisodeEvent):
+        if m.event not in (EpisodeEvent.START, EpisodeEvent.RESET, *END_EVENTS):
+            raise BadInput('unknown event', f'event code {m.event}')
         self.core.on_event(m.episode_id, m.event, m.step_count, m.evaluation)
 
+    # ------------------------------------------------------------------ outputs
     def publish_weights(self, version: int, payload: bytes, metadata: dict):
         msg = PolicyWeights()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -66,8 +149,17 @@ class LearnerNode(Node):
         msg.metadata = json.dumps(metadata)
         self.weights_pub.publish(msg)
 
+    def _pacing(self) -> dict:
+        try:
+            return self.core.pacing()
+        except Exception:  # noqa: BLE001 - e.g. an older core without pacing(): report, never hold the sim
+            return {'behind': False, 'env_steps': 0, 'updates': 0, 'updates_per_env_step': math.nan}
+
     def publish_status(self):
         s = self.core.status()
+        pace = self._pacing()
+        s.update(updates_per_env_step=pace['updates_per_env_step'], utd_ratio=self.cfg.utd_ratio,
+                 dropped_messages=self.drops.total)
         m = LearnerStatus()
         m.header.stamp = self.get_clock().now().to_msg()
         for k, v in s.items():
@@ -75,8 +167,31 @@ class LearnerNode(Node):
                 setattr(m, k, type(getattr(m, k))(v))
         self.status_pub.publish(m)
 
+    def publish_pace(self):
+        pace = self._pacing()
+        m = LearnerPace()
+        m.header.stamp = self.get_clock().now().to_msg()
+        m.behind = bool(pace['behind'])
+        m.env_steps, m.updates = int(pace['env_steps']), int(pace['updates'])
+        m.updates_per_env_step = float(pace['updates_per_env_step'])
+        m.utd_ratio = float(self.cfg.utd_ratio)
+        m.phase = str(self.core.state.get('phase', ''))
+        self.pace_pub.publish(m)
+
+    def publish_diagnostics(self):
+        pace = self._pacing()
+        values = {'phase': self.core.state.get('phase', ''), 'behind': pace['behind'],
+                  'env_steps': pace['env_steps'], 'updates': pace['updates'],
+                  'updates_per_env_step': round(float(pace['updates_per_env_step']), 3),
+                  'utd_ratio': self.cfg.utd_ratio, 'buffer_steps': self.core.buffer_len(),
+                  'sim_time': self.sim_time}
+        self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
+                                          values, self.drops))
+
     def destroy_node(self):
         self.core.stop()
+        if self.drops.total:
+            self.get_logger().info(f'dropped inputs: {self.drops.summary()}')
         super().destroy_node()
 
 

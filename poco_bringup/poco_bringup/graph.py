@@ -10,6 +10,19 @@ Parameter sources of every node, in order (later wins, like `ros2 launch` with `
   (obs_mode, run_dir, demo dataset, seed, preset) and the `node.param=value` overrides.
 Every node gets every file: the files' `/**/<node>` sections pick what applies (idiomatic ROS, and it
 means a section added for a node in any file just works).
+
+Clocks: the sim graph runs on sim time. The sim node owns `/clock` (SIM_CLOCK: sim_time, pacing, below every
+params file, so a robot/task/user file or `--set sim.pacing=false` changes them) and every other node of the
+sim graph runs with `use_sim_time` true, so a paused sim pauses the graph and no watchdog fires. The sim
+advances one 15 Hz tick at a time, as fast as the CPU allows, but only after the policy acknowledged its tick
+(poco/policy_tick) and while the learner keeps its update-to-data ratio (poco/learner_pace): the same curve in
+env steps on a slow and a fast machine, with the wall time reported beside it (episodes.csv). ROS's own `use_sim_time` is not a field of our node configs (rclpy declares it on every node),
+so the graph sets it through the environment: POCO_USE_SIM_TIME=1, read by each node at start-up
+(poco_policy.runtime.use_sim_time_from_env), and for rviz2 with `-p use_sim_time:=true`. The real graph keeps
+the wall clock.
+
+The learner is not `required` in either graph: the robot keeps acting on its last good weights while the
+learner is down (the sim stops waiting for it after pace_timeout_s), and a restarted learner resumes.
 """
 from __future__ import annotations
 
@@ -25,6 +38,11 @@ TASKS = ('pick_cube', 'peg_insert')
 ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
 OBS_MODES = ('pixels', 'state')
 BASE_CONFIGS = ('robot.yaml', 'cameras.yaml', 'monitor.yaml')
+SIM_TIME_ENV = {'POCO_USE_SIM_TIME': '1'}  # poco_policy.runtime.SIM_TIME_ENV
+# The sim node's settings in the sim graph (poco_sim.config.SimNodeConfig; the standalone node keeps the wall
+# clock). pace_timeout_s: wall seconds without an acknowledgement / pace message before the sim stops waiting
+# for that node (a dead learner must not stop the robot; without a policy the sim runs at real time).
+SIM_CLOCK = {'sim_time': True, 'pacing': True, 'pace_timeout_s': 1.0, 'max_real_time_factor': 0.0}
 
 
 @dataclass
@@ -230,9 +248,27 @@ def _node(package: str, executable: str, name: str, a: GraphArgs, files: list[Pa
                     parameters=[str(f) for f in files])
 
 
+def _learner(a: GraphArgs, files: list[Path]) -> NodeSpec:
+    spec = _node('poco_learner', 'learner_node', 'learner', a, files)
+    spec.required = False  # the robot survives the learner: it acts on its last good weights meanwhile
+    return spec
+
+
 def _rviz(a: GraphArgs) -> NodeSpec:
     return NodeSpec(package='rviz2', executable='rviz2', name='rviz2', namespace=a.namespace,
                     arguments=['-d', str(config_file('poco.rviz'))], required=False)
+
+
+def _on_sim_time(specs: list[NodeSpec]) -> list[NodeSpec]:
+    """Every node but the sim (which publishes /clock) follows the sim's clock."""
+    for s in specs:
+        if s.name == 'sim':
+            continue
+        if s.package == 'rviz2':
+            s.arguments += ['--ros-args', '-p', 'use_sim_time:=true', '--']
+        else:
+            s.env.update(SIM_TIME_ENV)
+    return specs
 
 
 def sim_graph(**kw) -> list[NodeSpec]:
@@ -241,12 +277,14 @@ def sim_graph(**kw) -> list[NodeSpec]:
     if a.obs_mode not in OBS_MODES:
         raise ValueError(f'unknown obs_mode {a.obs_mode!r}; known: {OBS_MODES}')
     files = _config_files(a)
+    sim = _node('poco_sim', 'sim_node', 'sim', a, files)
+    sim.parameters.insert(0, dict(SIM_CLOCK))  # graph defaults: every params file may change them
     specs = [
-        _node('poco_sim', 'sim_node', 'sim', a, files),
+        sim,
         _node('poco_policy', 'policy_node', 'policy', a, files),
-        _node('poco_learner', 'learner_node', 'learner', a, files),
+        _learner(a, files),
     ]
-    return _finish(specs, a, files)
+    return _on_sim_time(_finish(specs, a, files))
 
 
 def real_graph(**kw) -> list[NodeSpec]:
@@ -258,7 +296,7 @@ def real_graph(**kw) -> list[NodeSpec]:
     files.insert(len(BASE_CONFIGS), config_file('real.yaml'))  # real-robot episode handling, before user files
     specs = [
         _node('poco_policy', 'policy_node', 'policy', a, files),
-        _node('poco_learner', 'learner_node', 'learner', a, files),
+        _learner(a, files),
     ]
     return _finish(specs, a, files)
 

@@ -4,6 +4,9 @@ Subscribes poco/episode_event, poco/learner_status and poco/action_chunk (for th
 each episode). Publishes the status as a text marker on poco/status_marker for rviz. A thin adapter: the
 bookkeeping is poco_bringup.progress, the plot poco_bringup.plotting (both plain Python). Nothing a message
 contains may crash it: callbacks catch, count and log.
+Time: in the sim graph the node runs on sim time (events are stamped in sim time, episodes.csv's
+`sim_time_s`); its timers (progress line, plot) run on the steady clock, so they keep going while the sim
+clock stands still.
 """
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from poco_msgs.msg import ActionChunk, EpisodeEvent, LearnerStatus
 from poco_policy.config import declare_ros_parameters
+from poco_policy.runtime import use_sim_time_from_env
 from visualization_msgs.msg import Marker
 
 from poco_bringup.plotting import plot_learning_curve
@@ -45,6 +50,7 @@ class MonitorNode(Node):
     def __init__(self, **kwargs):
         super().__init__('monitor', **kwargs)
         self.cfg = cfg = declare_ros_parameters(self, MonitorNodeConfig)
+        self.sim_time = use_sim_time_from_env(self)
         self.run_dir = Path(cfg.run_dir or '.').resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / 'episodes.csv'
@@ -61,8 +67,9 @@ class MonitorNode(Node):
         self.create_subscription(ActionChunk, 'poco/action_chunk', self._guard(self.on_chunk), _reliable(10))
         self.marker_pub = self.create_publisher(Marker, 'poco/status_marker', _reliable(1)) \
             if cfg.status_marker else None
-        self.create_timer(max(cfg.plot_period_s, 1.0), self._guard(self.plot))
-        self.create_timer(1.0, self._guard(self.tick))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(max(cfg.plot_period_s, 1.0), self._guard(self.plot), clock=steady)
+        self.create_timer(1.0, self._guard(self.tick), clock=steady)
         self.get_logger().info(f'monitor up: writing {self.csv_path} and {self.png_path}')
 
     def _guard(self, fn):
@@ -77,7 +84,8 @@ class MonitorNode(Node):
 
     # callbacks -------------------------------------------------------------------------------------
     def on_event(self, m: EpisodeEvent):
-        row = self.episodes.on_event(m.episode_id, m.event, m.step_count, m.evaluation, m.detail)
+        stamp_s = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+        row = self.episodes.on_event(m.episode_id, m.event, m.step_count, m.evaluation, m.detail, stamp_s=stamp_s)
         if row is not None:
             self._dirty = True
             self.progress(f'{"eval" if row["evaluation"] else "train"} ep {row["episode_id"]} '
@@ -90,7 +98,8 @@ class MonitorNode(Node):
         fields = {k: getattr(m, k) for k in ('phase', 'algorithm', 'phase_step', 'update_step', 'critic_loss',
                                              'actor_loss', 'bc_loss', 'candidate_loss', 'q_mean', 'buffer_steps',
                                              'demo_steps', 'online_steps', 'episodes', 'recent_success_rate',
-                                             'weights_version', 'updates_per_second')}
+                                             'weights_version', 'updates_per_second', 'updates_per_env_step',
+                                             'utd_ratio', 'dropped_messages')}
         self.learner.on_status(fields)
         self._publish_marker()
 

@@ -2,7 +2,10 @@
 
 episodes.csv: one row per finished episode. `env_steps` counts the steps of *training* episodes only (the
 interaction budget the learning curve is plotted against); `total_steps` also counts evaluation episodes.
-learner.csv: one row per LearnerStatus message.
+`sim_time_s` is the end event's stamp (node clock: sim time in the sim graph, where it counts every tick since
+the sim started, resets included; Unix time on the real robot); `wall_time` / `elapsed_s` / `episode_wall_s`
+are wall-clock figures beside it, so curves are in env steps and the wall time a machine needed is reported.
+learner.csv: one row per LearnerStatus message (with the achieved updates per env step).
 Bad input (unknown event codes, a second end for the same episode, NaN) is counted and skipped, never raised.
 """
 from __future__ import annotations
@@ -20,10 +23,11 @@ START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = range(6)  # poco_msgs/EpisodeEv
 OUTCOMES = {SUCCESS: 'success', FAILURE: 'failure', ESTOP: 'estop', TIMEOUT: 'timeout'}
 
 EPISODE_FIELDS = ['wall_time', 'elapsed_s', 'episode_id', 'evaluation', 'outcome', 'success', 'steps',
-                  'policy_version', 'env_steps', 'total_steps', 'detail']
+                  'policy_version', 'env_steps', 'total_steps', 'detail', 'sim_time_s', 'episode_wall_s']
 LEARNER_FIELDS = ['wall_time', 'elapsed_s', 'phase', 'algorithm', 'phase_step', 'update_step', 'critic_loss',
                   'actor_loss', 'bc_loss', 'candidate_loss', 'q_mean', 'buffer_steps', 'demo_steps',
-                  'online_steps', 'episodes', 'recent_success_rate', 'weights_version', 'updates_per_second']
+                  'online_steps', 'episodes', 'recent_success_rate', 'weights_version', 'updates_per_second',
+                  'updates_per_env_step', 'utd_ratio', 'dropped_messages']
 _MAX_TRACKED = 10_000  # episode ids remembered for start/version/duplicate bookkeeping
 
 
@@ -72,6 +76,9 @@ class EpisodeTracker:
         self.started: collections.OrderedDict[int, bool] = collections.OrderedDict()  # id -> evaluation
         self.finished: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.versions: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.start_wall: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self.first_stamp: Optional[float] = None  # node-clock time of the first event (sim time in the sim graph)
+        self.last_stamp: Optional[float] = None
         self.env_steps = 0
         self.total_steps = 0
         self.n_train = self.n_eval = 0
@@ -96,8 +103,8 @@ class EpisodeTracker:
             self._remember(self.versions, int(episode_id), int(policy_version))
 
     def on_event(self, episode_id: int, event: int, step_count: int, evaluation: bool, detail: str = '',
-                 wall_time: Optional[float] = None) -> Optional[dict]:
-        """Returns the CSV row when this event finished an episode."""
+                 wall_time: Optional[float] = None, stamp_s: Optional[float] = None) -> Optional[dict]:
+        """Returns the CSV row when this event finished an episode. stamp_s: the event's header stamp [s]."""
         try:
             episode_id, event, step_count = int(episode_id), int(event), int(step_count)
         except (TypeError, ValueError, OverflowError):
@@ -106,8 +113,16 @@ class EpisodeTracker:
         if episode_id < 0 or step_count < 0 or event not in (START, RESET, *OUTCOMES):
             self.rejected += 1
             return None
+        now = time.time() if wall_time is None else wall_time
+        if stamp_s is not None and math.isfinite(stamp_s) and stamp_s > 0:
+            if self.first_stamp is None:
+                self.first_stamp = stamp_s
+            self.last_stamp = stamp_s
+        else:
+            stamp_s = None
         if event == START:
             self._remember(self.started, episode_id, bool(evaluation))
+            self._remember(self.start_wall, episode_id, now)
             return None
         if event == RESET:
             return None
@@ -126,11 +141,13 @@ class EpisodeTracker:
             self.train_successes += success
             self.train_recent.append(success)
             self.env_steps += step_count
-        now = time.time() if wall_time is None else wall_time
+        started = self.start_wall.get(episode_id)
         row = dict(wall_time=round(now, 3), elapsed_s=round(now - self.t0, 3), episode_id=episode_id,
                    evaluation=int(evaluation), outcome=OUTCOMES[event], success=success, steps=step_count,
                    policy_version=self.versions.get(episode_id, ''), env_steps=self.env_steps,
-                   total_steps=self.total_steps, detail=str(detail).replace('\n', ' ')[:200])
+                   total_steps=self.total_steps, detail=str(detail).replace('\n', ' ')[:200],
+                   sim_time_s='' if stamp_s is None else round(stamp_s, 3),
+                   episode_wall_s='' if started is None else round(now - started, 3))
         self.log.write(row)
         self.last_row = row
         self.rows.append(dict(evaluation=evaluation, success=float(success), env_steps=float(self.env_steps),
@@ -148,7 +165,18 @@ class EpisodeTracker:
         first, last = (w[0]['success_rate'], w[-1]['success_rate']) if w else (None, None)
         return (f'ep {self.n_train + self.n_eval} | train {self.n_train} succ {r(self.train_success_ma)}'
                 f' (last {self.train_recent.maxlen}) | eval {self.n_eval} succ {r(last)} (pre-trained {r(first)})'
-                f' | env steps {self.env_steps}')
+                f' | env steps {self.env_steps}{self.clock_progress()}')
+
+    def clock_progress(self, wall_now: Optional[float] = None) -> str:
+        """' (sim 120 s / wall 60 s = x2.0)': node-clock time between the first and last event against the
+        wall time since the tracker started; '' before two stamped events."""
+        if self.first_stamp is None or self.last_stamp is None or self.last_stamp <= self.first_stamp:
+            return ''
+        sim = self.last_stamp - self.first_stamp
+        wall = (time.time() if wall_now is None else wall_now) - self.t0
+        ratio = f' = x{sim / wall:.2f}' if wall > 0 else ''
+        return f' (sim {sim:.0f} s / wall {wall:.0f} s{ratio})'
+
 
     def close(self):
         self.log.close()
@@ -178,9 +206,18 @@ class LearnerLog:
         def f(k, spec='.3g'):
             v = s.get(k)
             return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+        upe = s.get('updates_per_env_step')
+        utd = s.get('utd_ratio')
+        per_step = ''
+        if isinstance(upe, (int, float)) and not isinstance(upe, bool):  # 'nan' (a string) before online steps
+            per_step = f' {upe:.2f} upd/env step' + (
+                f' (target {utd:g})' if isinstance(utd, (int, float)) and not isinstance(utd, bool) and utd > 0
+                else '')
+        dropped = s.get('dropped_messages')
+        dropped = f' | learner dropped {dropped} msgs' if isinstance(dropped, int) and dropped > 0 else ''
         return (f'learner {s["phase"]}/{s["algorithm"]} upd {s["update_step"]} v{s["weights_version"]}'
                 f' Lq {f("critic_loss")} La {f("actor_loss")} buf {s["buffer_steps"]}'
-                f' ({s["demo_steps"]} demo) {f("updates_per_second", ".2g")} upd/s')
+                f' ({s["demo_steps"]} demo) {f("updates_per_second", ".2g")} upd/s{per_step}{dropped}')
 
     def close(self):
         self.log.close()

@@ -1,0 +1,216 @@
+"""The sim graph's clock contract, in real processes over DDS: the sim node (sim_time + pacing, as the sim graph
+runs it) and the policy node on sim time (POCO_USE_SIM_TIME, as the graph starts it), with this test standing in
+for the learner on poco/learner_pace.
+
+- learner keeping up: /clock runs faster than real time, the policy acts (joint commands stamped in sim time);
+- learner behind (a stall): /clock stops, no command goes out, and the policy raises no staleness hold or
+  watchdog (its clock stands still too);
+- stall over: the clock and the commands go on;
+- learner gone while saying "behind" (killed): after pace_timeout_s the sim stops waiting for it;
+- policy gone (SIGSTOP): after pace_timeout_s the sim ticks on at real time; the policy back: lockstep again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+rclpy = pytest.importorskip('rclpy')
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from poco_msgs.msg import LearnerPace, PolicyTick  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PACE_TIMEOUT_S = 1.0
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+
+def _exe(pkg: str, name: str) -> str:
+    p = ROOT / 'install' / pkg / 'lib' / pkg / name
+    assert p.exists(), f'{p} missing: run scripts/setup.sh'
+    return str(p)
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1', **extra)
+    env.setdefault('ROS_DOMAIN_ID', str(random.randint(120, 200)))
+    env.pop('ROS_STATIC_PEERS', None)
+    return env
+
+
+class Proc:
+    def __init__(self, tmp: Path, pkg: str, exe: str, name: str, params: dict, env: dict):
+        self.name, self.log_path = name, tmp / f'{name}.log'
+        pfile = tmp / f'{name}.params.yaml'
+        pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params}}))
+        self.log = open(self.log_path, 'a')
+        self.p = subprocess.Popen([_exe(pkg, exe), '--ros-args', '-r', f'__node:={name}', '--params-file',
+                                   str(pfile)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors='replace')
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        os.killpg(self.p.pid, sig)
+
+    def stop(self):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGCONT)
+            os.killpg(self.p.pid, signal.SIGINT)
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(5)
+        self.log.close()
+
+
+def tiny_actor(tmp: Path, obs_dim: int) -> str:
+    """A small random actor as the policy node's initial weights (safetensors + JSON sidecar)."""
+    import torch
+    from poco_policy.flow_policy import FlowChunkPolicy, FlowPolicyConfig, weights_to_bytes
+    torch.manual_seed(0)
+    pol = FlowChunkPolicy(FlowPolicyConfig(obs_dim=obs_dim, horizon=5, hidden_dims=(32, 32), flow_steps=3))
+    payload, meta = weights_to_bytes(pol)
+    path = tmp / 'actor.safetensors'
+    path.write_bytes(payload)
+    (tmp / 'actor.json').write_text(json.dumps(meta))
+    return str(path)
+
+
+class Learner:
+    """The test's node: a stand-in learner on poco/learner_pace, and eyes on /clock, commands and acks."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node('sim_time_test', context=context)
+        self.ex = SingleThreadedExecutor(context=context)
+        self.ex.add_node(self.node)
+        n = self.node
+        self.clock_ns, self.clocks, self.commands, self.acks = -1, 0, [], []
+        n.create_subscription(Clock, '/clock', self._on_clock, RELIABLE)
+        n.create_subscription(JointState, 'joint_commands',
+                              lambda m: self.commands.append(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec),
+                              RELIABLE)
+        n.create_subscription(PolicyTick, 'poco/policy_tick', self.acks.append, RELIABLE)
+        self.pace_pub = n.create_publisher(LearnerPace, 'poco/learner_pace', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        self.behind: bool | None = None  # None: silent (no learner)
+        n.create_timer(0.02, self._pace)
+
+    def _on_clock(self, m: Clock):
+        self.clock_ns = m.clock.sec * 10**9 + m.clock.nanosec
+        self.clocks += 1
+
+    def _pace(self):
+        if self.behind is not None:
+            self.pace_pub.publish(LearnerPace(behind=self.behind, utd_ratio=1.0, phase='poco'))
+
+    def spin(self, seconds: float, procs=(), cond=None) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+            if cond is not None and cond():
+                return True
+            for p in procs:
+                assert p.alive(), f'{p.name} exited:\n{p.text()[-3000:]}'
+        return cond is None
+
+    def sim_seconds(self) -> float:
+        return self.clock_ns * 1e-9
+
+
+def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path):
+    env = _env()
+    actor = tiny_actor(tmp_path, obs_dim=20 + 7)
+    sim = Proc(tmp_path, 'poco_sim', 'sim_node', 'sim',
+               dict(task='pick_cube', obs_mode='state', seed=1, sim_time=True, pacing=True,
+                    pace_timeout_s=PACE_TIMEOUT_S), env)
+    policy = Proc(tmp_path, 'poco_policy', 'policy_node', 'policy',
+                  dict(obs_mode='state', initial_weights=actor, max_episode_steps=40, eval_every=0,
+                       staleness_s=0.5), dict(env, POCO_USE_SIM_TIME='1'))
+    procs = [sim, policy]
+    os.environ['ROS_DOMAIN_ID'] = env['ROS_DOMAIN_ID']
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    t = None
+    try:
+        t = Learner(context)
+        t.behind = False
+        # 1) lockstep with a learner that keeps up: faster than real time, the policy acts on sim time.
+        assert t.spin(40, procs, lambda: len(t.commands) > 30 and len(t.acks) > 30), \
+            f'no lockstep:\n{sim.text()[-2000:]}\n{policy.text()[-2000:]}'
+        assert 'on sim time' in policy.text() and 'pacing' in sim.text()
+        c0, w0 = t.sim_seconds(), time.monotonic()
+        t.spin(2.0, procs)
+        speed = (t.sim_seconds() - c0) / (time.monotonic() - w0)
+        print(f'paced sim, learner keeping up: {speed:.1f} sim s per wall s = {15 * speed:.0f} env steps/s')
+        assert speed > 1.5, f'lockstep should run faster than real time on state mode, got x{speed:.2f}'
+        assert max(t.commands) <= t.clock_ns and t.commands[-1] > 10**9, 'commands are stamped in sim time'
+        assert any(a.command_sent for a in t.acks) and any(a.phase == 'running' for a in t.acks)
+
+        # 2) the learner stalls: the clock stops (a tick already granted may still land), no commands go out.
+        t.behind = True
+        t.spin(0.5, procs)
+        clock_stalled, n_cmd, n_ack = t.clock_ns, len(t.commands), len(t.acks)
+        t.spin(3.0, procs)
+        assert t.clock_ns == clock_stalled, 'the sim advanced while the learner was behind'
+        assert len(t.commands) == n_cmd and len(t.acks) == n_ack, 'the policy ticked while the clock stood still'
+
+        # 3) the stall ends: clock and commands go on.
+        t.behind = False
+        assert t.spin(10, procs, lambda: t.clock_ns > clock_stalled + 10**9 and len(t.commands) > n_cmd + 10), \
+            'the run did not continue after the stall'
+
+        # 4) the learner dies while behind: after pace_timeout_s the sim stops waiting for it.
+        t.behind = True
+        t.spin(0.5, procs)
+        t.behind = None  # silent from now on
+        stalled = t.clock_ns
+        t.spin(PACE_TIMEOUT_S * 0.5, procs)
+        assert t.clock_ns - stalled < 0.2e9, 'the sim did not wait for a learner that was behind'
+        assert t.spin(PACE_TIMEOUT_S + 5, procs, lambda: t.clock_ns > stalled + 10**9), \
+            'the sim kept waiting for a dead learner'
+        assert 'learner silent' in sim.text()
+
+        # The stalls happened in wall time only: the policy (on sim time) saw no stale input and held nothing.
+        log = policy.text()
+        assert 'watchdog' not in log and 'stale' not in log, log[-3000:]
+
+        # 5) the policy stops (SIGSTOP): the sim ticks on at real time; the policy back: lockstep again.
+        policy.signal(signal.SIGSTOP)
+        t.spin(PACE_TIMEOUT_S + 0.5, procs)
+        c1, w1 = t.sim_seconds(), time.monotonic()
+        t.spin(2.0, procs)
+        rate = (t.sim_seconds() - c1) / (time.monotonic() - w1)
+        assert 0.7 < rate < 1.3, f'without a policy the sim should run at real time, ran x{rate:.2f}'
+        policy.signal(signal.SIGCONT)
+        n_ack = len(t.acks)
+        assert t.spin(10, procs, lambda: len(t.acks) > n_ack + 30), 'lockstep did not resume with the policy'
+
+        log = policy.text()
+        assert 'Traceback' not in log and 'tick failed' not in log, log[-3000:]
+        assert sim.alive() and policy.alive()
+    finally:
+        if t is not None:
+            t.node.destroy_node()
+        rclpy.shutdown(context=context)
+        for p in procs:
+            p.stop()
+        for p in procs:
+            print(f'----- {p.name} log (tail) -----\n{p.text()[-1500:]}')

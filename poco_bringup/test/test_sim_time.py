@@ -214,3 +214,83 @@ def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path)
             p.stop()
         for p in procs:
             print(f'----- {p.name} log (tail) -----\n{p.text()[-1500:]}')
+
+
+def test_graphs_clock_and_learner_settings():
+    """The sim graph runs on the sim's clock (sim paced, every other node on use_sim_time); the real graph
+    stays on the wall clock; in neither does the learner's exit stop the graph (the robot survives it)."""
+    from poco_bringup import graph
+    from poco_policy.runtime import SIM_TIME_ENV
+    sim = {s.name: s for s in graph.sim_graph(rviz=True)}
+    eff = sim['sim'].effective_parameters()
+    assert eff['sim_time'] is True and eff['pacing'] is True and eff['pace_timeout_s'] > 0
+    assert SIM_TIME_ENV not in sim['sim'].env
+    for name in ('policy', 'learner', 'monitor'):
+        assert sim[name].env.get(SIM_TIME_ENV) == '1', name
+    assert 'use_sim_time:=true' in sim['rviz2'].arguments
+    assert graph.sim_graph(overrides=['sim.pacing=false'])[0].effective_parameters()['pacing'] is False
+    real = {s.name: s for s in graph.real_graph()}
+    assert all(SIM_TIME_ENV not in s.env for s in real.values())
+    assert not sim['learner'].required and not real['learner'].required
+    assert sim['sim'].required and sim['policy'].required and real['policy'].required
+
+
+def test_monitor_rows_carry_sim_time_wall_time_and_updates_per_env_step(tmp_path):
+    from poco_bringup.progress import START, SUCCESS, EpisodeTracker, LearnerLog
+    tr = EpisodeTracker(tmp_path / 'episodes.csv', t0=100.0)
+    tr.on_event(1, START, 0, False, wall_time=101.0, stamp_s=10.0)
+    row = tr.on_event(1, SUCCESS, 30, False, wall_time=103.5, stamp_s=12.0)
+    assert (row['sim_time_s'], row['episode_wall_s'], row['env_steps']) == (12.0, 2.5, 30)
+    assert '(sim 2 s / wall' in tr.progress() and 'env steps 30' in tr.progress()
+    log = LearnerLog(tmp_path / 'learner.csv', t0=0.0)
+    log.on_status({'phase': 'poco', 'algorithm': 'poco', 'update_step': 5, 'weights_version': 1,
+                   'buffer_steps': 3, 'demo_steps': 1, 'updates_per_env_step': 0.5, 'utd_ratio': 1.0,
+                   'dropped_messages': 2}, wall_time=1.0)
+    line = log.progress()
+    assert '0.50 upd/env step (target 1)' in line and 'learner dropped 2 msgs' in line, line
+    header = (tmp_path / 'learner.csv').read_text().splitlines()[0].split(',')
+    assert {'updates_per_env_step', 'utd_ratio', 'dropped_messages'} <= set(header)
+
+
+def test_real_learner_asks_the_sim_to_wait_while_it_pre_trains(tmp_path):
+    """The learner node's side of the contract: poco/learner_pace says behind during pre-training (so a paced
+    sim does not run ahead of it), on the steady clock, and LearnerStatus carries the target ratio."""
+    from poco_msgs.msg import LearnerStatus
+    env = _env()
+    demos = tmp_path / 'demos'
+    r = subprocess.run([_exe('poco_sim', 'collect_demos'), '--task', 'pick_cube', '--obs-mode', 'state',
+                        '--episodes', '2', '--out', str(demos), '--seed', '3'], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    learner = Proc(tmp_path, 'poco_learner', 'learner_node', 'learner',
+                   dict(run_dir=str(tmp_path / 'run'), demo_dataset=str(demos), obs_mode='state',
+                        status_rate_hz=5.0), dict(env, POCO_USE_SIM_TIME='1'))
+    os.environ['ROS_DOMAIN_ID'] = env['ROS_DOMAIN_ID']
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('pace_test', context=context)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    paces, status = [], []
+    node.create_subscription(LearnerPace, 'poco/learner_pace', paces.append, QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+    node.create_subscription(LearnerStatus, 'poco/learner_status', status.append, RELIABLE)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (any(p.phase == 'pretrain' for p in paces) and status):
+            ex.spin_once(timeout_sec=0.05)
+            assert learner.alive(), learner.text()[-3000:]
+        pre = [p for p in paces if p.phase == 'pretrain']
+        assert pre and all(p.behind for p in pre), f'no pretrain pace: {paces[-3:]}\n{learner.text()[-2000:]}'
+        n = len(paces)
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 1.0:  # no /clock at all here: the pace still flows (steady clock)
+            ex.spin_once(timeout_sec=0.05)
+        assert len(paces) - n >= 20, f'{len(paces) - n} pace messages in 1 s'
+        assert status[-1].utd_ratio == pytest.approx(paces[-1].utd_ratio) and status[-1].utd_ratio > 0
+        assert 'on sim time' in learner.text()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        learner.stop()

@@ -46,7 +46,7 @@ def test_parameter_layering_and_run_values(tmp_path):
     specs = {s.name: s for s in graph.sim_graph(
         task='peg_insert', obs_mode='state', algorithm='bc', run_dir=str(tmp_path / 'run'), seed='7',
         demo_dataset=str(tmp_path / 'demos'), params_files=[str(user)],
-        overrides=['policy.control_rate_hz=12', 'learner.pretrain_steps=5', 'policy.cameras=[front]'])}
+        overrides=['policy.control_rate_hz=12', 'learner.agent.pretrain_steps=5', 'policy.cameras=[front]'])}
     pol = specs['policy']
     files = [Path(p).name for p in pol.parameters if not isinstance(p, dict)]
     assert files == ['robot.yaml', 'cameras.yaml', 'monitor.yaml', 'task_peg_insert.yaml', 'algo_poco.yaml',
@@ -58,7 +58,7 @@ def test_parameter_layering_and_run_values(tmp_path):
     assert eff['cameras'] == ['front'] and eff['obs_mode'] == 'state' and eff['seed'] == 7
     assert eff['ee_box_min'] == [0.25, -0.25, 0.0]  # task box beats robot box
     lrn = specs['learner'].effective_parameters()
-    assert lrn['algorithm'] == 'bc' and lrn['pretrain_steps'] == 5
+    assert lrn['agent.algorithm'] == 'bc' and lrn['agent.pretrain_steps'] == 5 and lrn['preset'] == 'sim_cpu'
     assert lrn['run_dir'] == str(tmp_path / 'run') and lrn['demo_dataset'] == str(tmp_path / 'demos')
     assert specs['sim'].effective_parameters()['task'] == 'peg_insert'
     assert specs['monitor'].effective_parameters()['run_dir'] == str(tmp_path / 'run')
@@ -251,13 +251,13 @@ def test_runner_uses_graph():
 
 def test_runner_dry_run_sim(tmp_path, capsys):
     rc = runner.main(['sim', '--dry-run', '--run-dir', str(tmp_path), '--domain-id', '9', '--obs-mode', 'state',
-                      '--set', 'learner.pretrain_steps=10'])
+                      '--set', 'learner.agent.pretrain_steps=10'])
     out = capsys.readouterr().out
     assert rc == 0, out
     for s in graph.sim_graph():
         assert f'lib/{s.package}/{s.executable} --ros-args -r __node:={s.name}' in out
     assert yaml.safe_load((tmp_path / 'params' / 'learner.run.yaml').read_text()) == {
-        '/learner': {'ros__parameters': {'obs_mode': 'state', 'run_dir': str(tmp_path), 'pretrain_steps': 10}}}
+        '/learner': {'ros__parameters': {'obs_mode': 'state', 'run_dir': str(tmp_path), 'agent.pretrain_steps': 10}}}
     assert runner.main(['sim', '--dry-run', '--run-dir', str(tmp_path), '--set', 'nobody.x=1']) == 2
 
 

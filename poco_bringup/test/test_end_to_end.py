@@ -107,10 +107,11 @@ def demos(tmp_path_factory):
 
 def test_sim_loop_learns_publishes_swaps_estops_and_resumes(tmp_path, demos):
     run_dir = tmp_path / 'run'
-    learner_params = dict(run_dir=str(run_dir), demo_dataset=str(demos), obs_mode='state', hidden_dim=64,
-                          hidden_layers=2, batch_size=32, num_candidates=4, flow_steps=4, horizon=5,
-                          pretrain_steps=100, critic_warmup_steps=30, utd_ratio=2.0, publish_every=15,
-                          checkpoint_every_s=2.0, status_rate_hz=4.0, torch_threads=1)
+    learner_params = {'run_dir': str(run_dir), 'demo_dataset': str(demos), 'obs_mode': 'state',
+                      'agent.actor_hidden_dims': [64, 64], 'agent.critic_hidden_dims': [64, 64],
+                      'agent.batch_size': 32, 'agent.num_candidates': 4, 'agent.flow_steps': 4, 'agent.horizon': 5,
+                      'agent.pretrain_steps': 100, 'agent.critic_warmup_steps': 30, 'utd_ratio': 2.0,
+                      'publish_every': 15, 'checkpoint_every_s': 2.0, 'status_rate_hz': 4.0, 'torch_threads': 1}
     sim = Proc(tmp_path, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='state', seed=1))
     policy = Proc(tmp_path, 'poco_policy', 'policy_node', 'policy',
                   dict(obs_mode='state', max_episode_steps=30, eval_every=0, auto_reset=True))

@@ -24,10 +24,11 @@ def test_recorded_bag_equals_what_the_live_learner_stored(tmp_path):
     sim = Proc(tmp_path, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='pixels', seed=2))
     policy = Proc(tmp_path, 'poco_policy', 'policy_node', 'policy',
                   dict(obs_mode='pixels', max_episode_steps=25, eval_every=0, auto_reset=True))
-    learner = Proc(tmp_path, 'poco_learner', 'learner_node', 'learner', dict(
-        run_dir=str(run_dir), demo_dataset=str(demos), obs_mode='pixels', hidden_dim=64, hidden_layers=2,
-        batch_size=32, num_candidates=4, flow_steps=4, horizon=5, pretrain_steps=50, critic_warmup_steps=20,
-        publish_every=10, checkpoint_every_s=2.0, status_rate_hz=4.0))
+    learner = Proc(tmp_path, 'poco_learner', 'learner_node', 'learner', {
+        'run_dir': str(run_dir), 'demo_dataset': str(demos), 'obs_mode': 'pixels',
+        'agent.actor_hidden_dims': [64, 64], 'agent.critic_hidden_dims': [64, 64], 'agent.batch_size': 32,
+        'agent.num_candidates': 4, 'agent.flow_steps': 4, 'agent.horizon': 5, 'agent.pretrain_steps': 50,
+        'agent.critic_warmup_steps': 20, 'publish_every': 10, 'checkpoint_every_s': 2.0, 'status_rate_hz': 4.0})
     bag = tmp_path / 'live_bag'
     rec = subprocess.Popen([_exe('poco_learner', 'bag_record'), '--out', str(bag)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -39,6 +39,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from poco_policy.config import derived
 from poco_policy.config import from_dict as config_from_dict
 from poco_policy.chunk_critic import ChunkCritic, select_best
 from poco_policy.chunk_critic import aggregate as _agg
@@ -46,6 +47,7 @@ from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, bf16_aut
                                      cpu_supports_bf16)
 
 ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
+BC_DATA = ('buffer', 'demos', 'success')
 # settings that define tensor shapes (fixed once an agent exists)
 ARCHITECTURE_KEYS = ('obs_dim', 'action_dim', 'horizon', 'actor_hidden_dims', 'critic_hidden_dims', 'num_critics')
 CHECKPOINT_FORMAT = 'poco_agent/1'
@@ -54,9 +56,9 @@ CHECKPOINT_FORMAT = 'poco_agent/1'
 # ================================================================================================ config
 @dataclass
 class AgentConfig:
-    # problem sizes (dims come from the data; the presets leave them alone)
-    obs_dim: int = 0
-    action_dim: int = 7
+    # problem sizes (dims come from the data; the presets leave them alone; not ROS parameters)
+    obs_dim: int = derived(0)
+    action_dim: int = derived(7)
     horizon: int = 5                                    # chunk length T
     # networks (paper: 4 x 512 SiLU MLPs, linear outputs, LayerNorm after each critic activation)
     actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
@@ -92,15 +94,15 @@ class AgentConfig:
     bf16_critic_estep: bool = True                      # E-step Q of the candidates in bf16 (see estep())
     candidate_weight_floor: float = 1e-6                # skip candidates with w_j below this (0 = exact)
     # bookkeeping
-    seed: int = 0
+    seed: int = derived(0)                              # the learner's `seed`
     max_episode_steps: int = 0                          # H of the paper's tables (episode manager); 0 = unset
-    preset: str = ''                                    # name of the preset this config came from
+    preset: str = derived('')                           # name of the preset this config came from
 
     def validate(self) -> 'AgentConfig':
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f'AgentConfig.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
-        if self.bc_data not in ('buffer', 'demos'):
-            raise ValueError(f"AgentConfig.bc_data must be 'buffer' or 'demos', got {self.bc_data!r}")
+        if self.bc_data not in BC_DATA:
+            raise ValueError(f"AgentConfig.bc_data must be one of {BC_DATA}, got {self.bc_data!r}")
         for name in ('critic_agg', 'estep_q_agg'):
             if getattr(self, name) not in ('mean', 'min'):
                 raise ValueError(f'AgentConfig.{name} must be "mean" or "min", got {getattr(self, name)!r}')
@@ -165,7 +167,17 @@ def _table5() -> dict[str, Any]:
                 critic_warmup_steps=2000, num_candidates=16, eta=0.001, beta=1.0, zeta=0.01)
 
 
+def _sim_cpu() -> dict[str, Any]:
+    # The sim main job on 2 CPU cores: Table III (pick_cube) scaled down so that one update stays cheap
+    # in fp32 on CPUs without native bf16 (every number is an explicit choice, see docs/learning.md).
+    return dict(batch_size=128, actor_lr=3e-4, critic_lr=3e-4, gamma=0.99, max_episode_steps=100, horizon=5,
+                actor_hidden_dims=(256,) * 4, critic_hidden_dims=(256,) * 4, flow_steps=10,
+                pretrain_steps=3000, critic_warmup_steps=500, num_candidates=16, eta=0.01, beta=1.0, zeta=0.5,
+                bc_data='demos', bf16_sampling=False, bf16_candidate_loss=False, bf16_critic_estep=False)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
+    'sim_cpu': _sim_cpu(),
     'table2_scene': _table2(0.1, 0.3),
     'table2_puzzle_3x3': _table2(0.1, 0.3),
     'table2_cube_double': _table2(0.1, 0.3),
@@ -240,7 +252,8 @@ class Agent:
     def _batch(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         out = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in batch.items()
-               if k in ('obs', 'actions', 'rewards', 'valid', 'returns', 'next_obs', 'discount', 'is_demo')}
+               if k in ('obs', 'actions', 'rewards', 'valid', 'returns', 'next_obs', 'discount', 'is_demo',
+                        'is_success')}
         a = out.get('actions')
         if a is None or a.dim() != 3 or a.shape[1:] != (cfg.horizon, cfg.action_dim):
             raise ValueError(f'batch["actions"] must be [B, {cfg.horizon}, {cfg.action_dim}], '
@@ -303,10 +316,14 @@ class Agent:
                       online: bool = False) -> torch.Tensor:
         mask = b.get('valid') if self.cfg.mask_padded_actions else None
         loss = self.actor.bc_loss(b['obs'], b['actions'], mask=mask, generator=self.gen, h_obs=h_obs)
-        if online and self.cfg.bc_data == 'demos' and 'is_demo' in b:
-            # per-row weights so that .mean() is the mean over demonstration rows only (0 if there are none)
-            d = b['is_demo']
-            loss = loss * d * (d.numel() / d.sum().clamp(min=1.0))
+        if online and self.cfg.bc_data != 'buffer':
+            # per-row weights so that .mean() is the mean over the anchor rows only (0 if there are none):
+            # 'demos' = demonstration rows, 'success' = demonstration rows + rows of successful episodes
+            d = b.get('is_demo')
+            if d is not None and self.cfg.bc_data == 'success' and 'is_success' in b:
+                d = torch.maximum(d, b['is_success'])
+            if d is not None:
+                loss = loss * d * (d.numel() / d.sum().clamp(min=1.0))
         return loss
 
     # --------------------------------------------------------------------------------------- Stage II
@@ -417,16 +434,17 @@ class Agent:
         return a[0] if single else a
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def save(self, path_prefix: str) -> tuple[str, str]:
+    def save(self, path_prefix: str, extra: Mapping[str, Any] | None = None) -> tuple[str, str]:
         """Write `<prefix>.safetensors` (weights, optimiser tensors, RNG states) and `<prefix>.json` (config,
-        counters, optimiser hyper-parameters). Both files are written atomically. No pickle."""
+        counters, optimiser hyper-parameters, plus `extra`, e.g. the learner's effective configuration). Both
+        files are written atomically. No pickle."""
         from safetensors.torch import save_file
         tensors: dict[str, torch.Tensor] = {}
         for name, mod in (('actor', self.actor), ('critic', self.critic), ('critic_target', self.critic_target)):
             for k, v in mod.state_dict().items():
                 tensors[f'{name}.{k}'] = v.detach().clone().contiguous()
         meta: dict[str, Any] = {'format': CHECKPOINT_FORMAT, 'config': self.cfg.to_json_dict(),
-                                'counters': dict(self.counters)}
+                                'counters': dict(self.counters), **dict(extra or {})}
         for name, opt in (('actor_opt', self.actor_opt), ('critic_opt', self.critic_opt)):
             sd = opt.state_dict()
             scalars: dict[str, dict[str, Any]] = {}

@@ -232,6 +232,7 @@ class ReplayBuffer:
         grow('_term', (rows,), bool)
         grow('_interv', (rows,), bool)
         grow('_demo', (rows,), bool)
+        grow('_succ', (rows,), bool)           # the row's episode ended in success
         grow('_sampleable', (rows,), bool)
         self._rows = rows
 
@@ -453,6 +454,7 @@ class ReplayBuffer:
                 'next_obs': self._obs[next_rows],
                 'discount': np.where(ended, 0.0, float(gamma) ** n).astype(np.float32),
                 'is_demo': self._demo[starts].astype(np.float32),
+                'is_success': self._succ[starts].astype(np.float32),
                 'intervention': self._interv[starts].astype(np.float32),
                 'intervention_mask': (self._interv[rows] & valid).astype(np.float32),
             }
@@ -583,6 +585,7 @@ class ReplayBuffer:
         if len(rows):
             self._next[rows[-1]] = final_row
             self._len[rows], self._term[rows], self._sampleable[rows] = length, terminal, True
+            self._succ[rows] = bool(success)
         ep.final_row, ep.ended, ep.terminal, ep.success = final_row, True, terminal, success
         self._index_dirty = True
 

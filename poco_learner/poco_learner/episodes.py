@@ -26,6 +26,10 @@ class RewardConfig:
     success_reward: float = 1.0
     step_penalty: float = 0.0      # subtracted every step (0 = pure sparse reward, the paper's setting)
     failure_penalty: float = 0.0   # subtracted on the last step of failed / e-stopped episodes
+    # A timeout ends the task (terminal, no bootstrap) instead of truncating it: with a sparse success reward
+    # and no time in the observation, bootstrapping past a failed episode's last state lets the critic carry
+    # values learnt on the demos into states the policy never recovers from (docs/learning.md).
+    timeout_terminal: bool = False
 
 
 @dataclass
@@ -133,8 +137,9 @@ class EpisodeAssembler:
         elif ep.end_event in (FAILURE, ESTOP):
             r_last -= self.rewards.failure_penalty
         self._locked(self.buffer.set_reward, eid, last, r_last)
-        # success / failure / e-stop end the task (no value after them); a timeout is a truncation.
-        terminal = ep.end_event != TIMEOUT
+        # success / failure / e-stop end the task (no value after them); a timeout is a truncation unless
+        # timeout_terminal.
+        terminal = ep.end_event != TIMEOUT or self.rewards.timeout_terminal
         self._locked(self.buffer.end_episode, eid, ep.final_obs, terminal, success)
 
     def recent_success_rate(self, n: int = 20, evaluation: Optional[bool] = None) -> float:

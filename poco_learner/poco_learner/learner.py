@@ -6,63 +6,82 @@ Phases: waiting -> pretrain -> warmup -> poco. Counters and the phase survive re
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from poco_learner.agent import AgentConfig
+from poco_learner.buffer import BufferConfig
 from poco_learner.episodes import EpisodeAssembler, RewardConfig
+from poco_policy.encoder import EncoderConfig
 
 ACTION_DIM = 7
 
 
 @dataclass
 class LearnerConfig:
-    """The learner node's parameters (YAML keys = ROS parameter names)."""
+    """The learner node's parameters. ROS parameter names = these field names; the components' own configs
+    are nested under dotted names (`agent.eta`, `buffer.demo_ratio`, `reward.success_reward`,
+    `encoder.feature_dim`), the same names in YAML (nested mappings) and on the command line.
+
+    `preset` names an AgentConfig preset (agent.PRESETS): it fills every `agent.*` value the user did not set
+    explicitly (params file, --set, launch argument); explicit values win. The resolved configuration is
+    logged at start, written to `<run_dir>/learner_config.json` and recorded in every checkpoint."""
     run_dir: str = 'runs/default'        # buffer/, checkpoints/, learner_state.json
     demo_dataset: str = ''               # episode dataset directory loaded as demos (once per run dir)
     initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
-    preset: str = ''                     # AgentConfig preset name ('' = defaults)
-    algorithm: str = ''                  # override: poco | poco_noclip | bc | qc_best_of_n
+    preset: str = 'sim_cpu'              # agent preset ('' = AgentConfig defaults, i.e. the paper's sizes)
     obs_mode: str = 'pixels'
-    feature_dim: int = 64
-    image_size: int = 128
-    encoder_checkpoint: str = ''
-    max_joint_delta: float = 0.05
-    horizon: int = 0                     # 0 = from preset
-    hidden_dim: int = 0                  # 0 = from preset
-    hidden_layers: int = 0
-    batch_size: int = 0
-    num_candidates: int = 0
-    flow_steps: int = 0
-    critic_warmup_steps: int = -1        # -1 = from preset
-    eta: float = -1.0                    # softmax temperature on Q (E-step); <0 = from preset
-    beta: float = -1.0                   # posterior guidance scale; <0 = from preset
-    zeta: float = -1.0                   # clip threshold of the candidate loss; <0 = from preset
-    bc_data: str = ''                    # data term: 'buffer' (paper) | 'demos'; '' = from preset
-    pretrain_steps: int = 2000
-    utd_ratio: float = 1.0               # gradient updates per new online step
-    publish_every: int = 50              # updates between weight publications
+    max_joint_delta: float = 0.05        # rad per tick: the action normalisation (must equal the policy's)
+    utd_ratio: float = 1.0               # gradient updates per new online env step (critic warm-up included)
+    publish_every: int = 50              # actor updates between weight publications
     checkpoint_every_s: float = 60.0
     status_rate_hz: float = 1.0
-    demo_ratio: float = -1.0             # <0: uniform over all steps
-    buffer_capacity: int = 1_000_000
-    success_reward: float = 1.0
-    step_penalty: float = 0.0
-    failure_penalty: float = 0.0
+    diagnostics_every: int = 100         # updates per row of diagnostics.csv
     learn_from_eval: bool = True
     torch_threads: int = 1
-    seed: int = 0
+    seed: int = 0                        # agent initialisation and sampling (AgentConfig.seed)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    # half of each batch from the demonstrations (RLPD-style); stored actions are normalised, so |a| <= 1
+    buffer: BufferConfig = field(default_factory=lambda: BufferConfig(demo_ratio=0.5, action_bound=1.0))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+# agent fields the learner sets from the data or from its own settings, never from a preset or the user
+_DERIVED_AGENT_FIELDS = ('obs_dim', 'action_dim', 'preset', 'seed')
+
+
+def resolve_agent_config(cfg: LearnerConfig, explicit: Optional[Iterable[str]] = None) -> AgentConfig:
+    """The effective AgentConfig: defaults <- preset <- explicitly set `agent.*` values.
+
+    explicit: the `agent.<field>` names the user set (the node knows them from rclpy's overrides). None
+    (plain Python use): every agent field that differs from the AgentConfig default counts as explicit."""
+    default = AgentConfig()
+    if explicit is None:
+        names = {f.name for f in dataclasses.fields(AgentConfig)
+                 if getattr(cfg.agent, f.name) != getattr(default, f.name)}
+    else:
+        names = {n[len('agent.'):] for n in explicit if n.startswith('agent.')}
+    names -= set(_DERIVED_AGENT_FIELDS)
+    over = {n: getattr(cfg.agent, n) for n in names}
+    over['seed'] = cfg.seed
+    if cfg.preset:
+        return AgentConfig.from_preset(cfg.preset, **over)
+    return dataclasses.replace(default, **over)
 
 
 class Learner:
-    def __init__(self, cfg, log: Callable[[str, str], None] = lambda lvl, s: print(f'[{lvl}] {s}')):
+    def __init__(self, cfg: LearnerConfig, log: Callable[[str, str], None] = lambda lvl, s: print(f'[{lvl}] {s}'),
+                 explicit: Optional[Iterable[str]] = None):
         from poco_policy.observation import ActionScaler
         self.cfg = cfg
         self.log = log
@@ -70,14 +89,17 @@ class Learner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_prefix = str(self.run_dir / 'checkpoints' / 'latest')
         self.scaler = ActionScaler(cfg.max_joint_delta)
+        # what this run trains with: the preset filled in under the user's explicit values
+        self.agent_cfg = resolve_agent_config(cfg, explicit)
         self.lock = threading.RLock()          # buffer access: ROS callbacks vs train thread
-        self.agent_lock = threading.Lock()
+        self.agent_lock = threading.RLock()    # the trainer publishes (under it) from inside an update
         self.publish_fn: Optional[Callable[[int, bytes, dict], None]] = None
         # Called (from the train thread) right after the phase changes, so a status goes out at every
         # transition even when a phase lasts less than one status period.
         self.phase_fn: Optional[Callable[[], None]] = None
         self.buffer = None
         self.agent = None
+        self.trainer = None
         self.assembler: Optional[EpisodeAssembler] = None
         self.state = {'phase': 'waiting', 'pretrain_done': 0, 'warmup_done': 0, 'online_updates': 0,
                       'weights_version': 0, 'online_steps_at_start': 0}
@@ -88,20 +110,39 @@ class Learner:
         self._thread: Optional[threading.Thread] = None
         self._pending: list[tuple] = []  # messages that arrived before the buffer existed
         self._last_ckpt = time.monotonic()
-        self._rng = np.random.default_rng(cfg.seed)
+        self._steps_fed = 0                # online env steps already handed to the trainer
+        self._diag: list[dict] = []        # metrics of the current diagnostics window
+        self._rng = np.random.default_rng(self.agent_cfg.seed)
         self._resume_or_init()
 
     # ------------------------------------------------------------------ set-up
-    def _buffer_cfg(self):
-        from poco_learner.buffer import BufferConfig
-        return BufferConfig(capacity=self.cfg.buffer_capacity, directory=str(self.run_dir / 'buffer'),
-                            demo_ratio=None if self.cfg.demo_ratio < 0 else self.cfg.demo_ratio)
+    def effective_config(self) -> dict:
+        """The configuration this run uses (agent values resolved), as plain JSON-able data."""
+        from poco_policy.config import to_dict
+        d = to_dict(self.cfg)
+        d['agent'] = (self.agent.cfg if self.agent is not None else self.agent_cfg).to_json_dict()
+        d['buffer']['directory'] = self._buffer_cfg().directory
+        return d
+
+    def _record_config(self):
+        text = json.dumps(self.effective_config(), indent=1, default=str)
+        self._atomic_text(self.run_dir / 'learner_config.json', text)
+        a = self.agent.cfg
+        self.log('info', f"effective config (preset {a.preset or '-'}): algorithm={a.algorithm} T={a.horizon} "
+                         f"batch={a.batch_size} N={a.num_candidates} K={a.flow_steps} "
+                         f"actor={list(a.actor_hidden_dims)} critic={list(a.critic_hidden_dims)} "
+                         f"warmup={a.critic_warmup_steps} pretrain={a.pretrain_steps} eta={a.eta} beta={a.beta} "
+                         f"zeta={a.zeta} bc_data={a.bc_data} H={a.max_episode_steps} utd={self.cfg.utd_ratio} "
+                         f"demo_ratio={self.cfg.buffer.demo_ratio} -> {self.run_dir / 'learner_config.json'}")
+
+    def _buffer_cfg(self) -> BufferConfig:
+        return dataclasses.replace(self.cfg.buffer, directory=self.cfg.buffer.directory or str(self.run_dir / 'buffer'))
 
     def _resume_or_init(self):
         from poco_learner.buffer import ReplayBuffer
-        bdir = self.run_dir / 'buffer'
-        if ReplayBuffer.exists(str(bdir)):
-            self.buffer = ReplayBuffer.load(str(bdir))
+        bdir = self._buffer_cfg().directory
+        if ReplayBuffer.exists(bdir):
+            self.buffer = ReplayBuffer.load(bdir, self._buffer_cfg())
             self.log('info', f'resumed buffer: {self.buffer.stats()}')
             self._make_agent(self.buffer.obs_dim)
             return
@@ -119,17 +160,14 @@ class Learner:
         if meta.get('obs_mode', self.cfg.obs_mode) != self.cfg.obs_mode:
             raise ValueError(f"demo dataset obs_mode {meta.get('obs_mode')!r} != learner obs_mode {self.cfg.obs_mode!r}")
         if self.cfg.obs_mode == 'pixels':
-            return len(meta.get('cameras', ('front', 'wrist'))) * self.cfg.feature_dim + 7
+            return len(meta.get('cameras', ('front', 'wrist'))) * self.cfg.encoder.feature_dim + 7
         return int(meta['state_dim']) + 7
 
     def _assembler_for(self, meta: dict):
         from poco_policy.observation import ObservationAssembler, ObservationConfig
-        from poco_policy.encoder import EncoderConfig
         return ObservationAssembler(ObservationConfig(
             obs_mode=self.cfg.obs_mode, cameras=tuple(meta.get('cameras', ('front', 'wrist'))),
-            state_dim=int(meta.get('state_dim', 0)),
-            encoder=EncoderConfig(checkpoint_path=self.cfg.encoder_checkpoint, feature_dim=self.cfg.feature_dim,
-                                  image_size=self.cfg.image_size)))
+            state_dim=int(meta.get('state_dim', 0)), encoder=self.cfg.encoder))
 
     def _ensure(self, obs_dim: int):
         """Create buffer + agent once the observation size is known (from demos or the first transition)."""
@@ -139,31 +177,9 @@ class Learner:
         if self.agent is None:
             self._make_agent(obs_dim)
 
-    def _agent_config(self, obs_dim: int):
-        from poco_learner.agent import AgentConfig
-        c = self.cfg
-        over = {'obs_dim': obs_dim, 'action_dim': ACTION_DIM, 'seed': c.seed}
-        if c.algorithm:
-            over['algorithm'] = c.algorithm
-        if c.horizon > 0:
-            over['horizon'] = c.horizon
-        if c.hidden_dim > 0:
-            dims = (c.hidden_dim,) * (c.hidden_layers if c.hidden_layers > 0 else 4)
-            over['actor_hidden_dims'] = over['critic_hidden_dims'] = dims
-        for name in ('batch_size', 'num_candidates', 'flow_steps'):
-            if getattr(c, name) > 0:
-                over[name] = getattr(c, name)
-        if c.critic_warmup_steps >= 0:
-            over['critic_warmup_steps'] = c.critic_warmup_steps
-        for name in ('eta', 'beta', 'zeta'):
-            if getattr(c, name) >= 0:
-                over[name] = getattr(c, name)
-        if c.bc_data:
-            over['bc_data'] = c.bc_data
-        return AgentConfig.from_preset(c.preset, **over) if c.preset else AgentConfig(**over)
-
     def _make_agent(self, obs_dim: int):
         from poco_learner.agent import Agent
+        from poco_learner.train import OnlineTrainer
         state_file = self.run_dir / 'learner_state.json'
         if Path(self.ckpt_prefix + '.json').exists():
             self.agent = Agent.load(self.ckpt_prefix)
@@ -173,19 +189,24 @@ class Learner:
                              f"weights v{self.state['weights_version']})")
         elif self.cfg.initial_checkpoint:
             self.agent = Agent.load(self.cfg.initial_checkpoint)
-            self.state['pretrain_done'] = self.cfg.pretrain_steps  # pre-trained elsewhere
+            self.state['pretrain_done'] = self.agent.cfg.pretrain_steps  # pre-trained elsewhere
             self.log('info', f'starting from pre-trained checkpoint {self.cfg.initial_checkpoint}')
         else:
-            self.agent = Agent(self._agent_config(obs_dim))
+            self.agent = Agent(dataclasses.replace(self.agent_cfg, obs_dim=obs_dim, action_dim=ACTION_DIM))
         vfile = self.run_dir / 'weights_version'
         if vfile.exists():  # versions only grow, even across crashes between checkpoints
             self.state['weights_version'] = max(self.state['weights_version'], int(vfile.read_text() or 0))
         if self.agent.cfg.obs_dim != obs_dim:
             raise ValueError(f'agent obs_dim {self.agent.cfg.obs_dim} != data obs_dim {obs_dim}')
         self.assembler = EpisodeAssembler(
-            self.buffer, self._obs_vector, self.scaler.normalize,
-            RewardConfig(self.cfg.success_reward, self.cfg.step_penalty, self.cfg.failure_penalty),
+            self.buffer, self._obs_vector, self.scaler.normalize, self.cfg.reward,
             learn_from_eval=self.cfg.learn_from_eval, lock=self.lock)
+        # the one training loop of the project (train.OnlineTrainer): updates paced by new env steps, critic
+        # warm-up (actor frozen) first; it samples through a locked view of the buffer
+        self.trainer = OnlineTrainer(self.agent, _LockedBuffer(self.buffer, self.lock), utd_ratio=self.cfg.utd_ratio,
+                                     on_policy_update=self._on_policy_update, rng=self._rng)
+        self._steps_fed = self._online_steps_since_start()   # steps before a restart were paid for already
+        self._record_config()
         for kind, args in self._pending:
             getattr(self.assembler, kind)(*args)
         self._pending.clear()
@@ -238,11 +259,6 @@ class Learner:
             with self.lock:
                 self.buffer.close()
 
-    def _sample(self, batch_size: int):
-        a = self.agent.cfg
-        with self.lock:
-            return self.buffer.sample(batch_size, a.horizon, a.gamma, self._rng)
-
     def _publish(self):
         from poco_policy.flow_policy import BestOfN, weights_to_bytes
         a = self.agent.cfg
@@ -262,8 +278,16 @@ class Learner:
         self.log('info', f"published weights v{self.state['weights_version']} ({self.state['phase']}, "
                          f"{len(payload) / 1e6:.1f} MB)")
 
+    def _on_policy_update(self, agent):
+        # called by the trainer after every actor update (same thread)
+        if (agent.counters['actor_updates']) % self.cfg.publish_every == 0:
+            self._publish()
+
     def _online_steps(self) -> int:
         return int(self.buffer.stats()['online_steps']) if self.buffer is not None else 0
+
+    def _online_steps_since_start(self) -> int:
+        return max(0, self._online_steps() - self.state['online_steps_at_start'])
 
     def _train_loop(self):
         try:
@@ -285,7 +309,9 @@ class Learner:
                 self.log('warn', f'could not announce phase {phase}: {e}')
 
     def _train_loop_inner(self):
-        cfg = self.cfg
+        """Stage I through train.pretrain, Stage II through train.OnlineTrainer, in small slices so that
+        stop requests, checkpoints and status stay responsive."""
+        from poco_learner.train import pretrain
         t_window, n_window = time.monotonic(), 0
         while not self._stop.is_set():
             if self.agent is None or self.buffer is None or self.buffer.num_sampleable() == 0:
@@ -293,20 +319,22 @@ class Learner:
                 continue
             a = self.agent.cfg
             st = self.state
-            did = False
-            if st['pretrain_done'] < cfg.pretrain_steps:
+            did = 0
+            if st['pretrain_done'] < a.pretrain_steps:
                 self._set_phase('pretrain')
-                batch = self._sample(a.batch_size)
+                n = min(25, a.pretrain_steps - st['pretrain_done'])
                 with self.agent_lock:
-                    self.losses = self.agent.pretrain_step(batch)
-                st['pretrain_done'] += 1
-                did = True
-                if st['pretrain_done'] % 500 == 0:
-                    self.log('info', f"pretrain {st['pretrain_done']}/{cfg.pretrain_steps} "
+                    self.losses = pretrain(self.agent, self.trainer.buffer, n, progress=False, rng=self._rng)
+                before = st['pretrain_done']
+                st['pretrain_done'] += n
+                did = n
+                if st['pretrain_done'] // 500 > before // 500:
+                    self.log('info', f"pretrain {st['pretrain_done']}/{a.pretrain_steps} "
                                      f"bc={self.losses.get('bc_loss', math.nan):.4f}")
-                if st['pretrain_done'] >= cfg.pretrain_steps:
-                    self._publish()
+                if st['pretrain_done'] >= a.pretrain_steps:
                     st['online_steps_at_start'] = self._online_steps()
+                    self._steps_fed = 0
+                    self._publish()          # announced as pre-trained weights (phase 'pretrain')
                     self.checkpoint()
             else:
                 if not self._published_once:
@@ -315,54 +343,54 @@ class Learner:
                     self._publish()
                     if first:
                         st['online_steps_at_start'] = self._online_steps()
-                warm = st['warmup_done'] < a.critic_warmup_steps
-                # update-to-data pacing: never more updates than utd_ratio x new online steps (+ warm-up)
-                new_steps = self._online_steps() - st['online_steps_at_start']
-                allowed = self._allowed_updates(new_steps)
-                if warm or st['warmup_done'] + st['online_updates'] < allowed:
-                    self._set_phase('warmup' if warm else 'poco')
-                    batch = self._sample(a.batch_size)
-                    with self.agent_lock:
-                        self.losses = self.agent.update(batch, actor_frozen=warm)
-                    if warm:
-                        st['warmup_done'] += 1
-                    else:
-                        st['online_updates'] += 1
-                        if st['online_updates'] % cfg.publish_every == 0:
-                            self._publish()
-                    did = True
+                        self._steps_fed = 0
+                self._set_phase('warmup' if self.agent.in_critic_warmup else 'poco')
+                new = self._online_steps_since_start() - self._steps_fed
+                if new > 0:
+                    self._steps_fed += new
+                    self.trainer.add_env_steps(new)
+                with self.agent_lock:
+                    ms = self.trainer.run_pending(max_updates=5)
+                for m in ms:
+                    self._record_update(m)
+                did = len(ms)
             if did:
-                n_window += 1
+                n_window += did
             else:
-                time.sleep(0.02)
+                time.sleep(0.01)
             now = time.monotonic()
             if now - t_window > 2.0:
                 self._ups = n_window / (now - t_window)
                 t_window, n_window = now, 0
-            if now - self._last_ckpt > cfg.checkpoint_every_s:
+            if now - self._last_ckpt > self.cfg.checkpoint_every_s:
                 self.checkpoint()
 
-    def pacing(self) -> dict:
-        """The update-to-data contract, for the sim graph's clock (sim_node waits while `behind`).
-
-        behind: the learner wants the environment to wait (pre-training, or fewer updates done than
-        utd_ratio x online env steps received, beyond a slack of one chunk). env_steps: online steps received
-        since the online phase began; updates: online updates done (critic warm-up included);
-        updates_per_env_step: achieved ratio (what an operator on the wall clock watches)."""
+    def _record_update(self, m: dict):
+        self.losses = m
         st = self.state
-        if self.agent is None or st['phase'] in ('waiting', 'error'):
-            return {'behind': False, 'env_steps': 0, 'updates': 0, 'updates_per_env_step': math.nan}
-        steps = max(0, self._online_steps() - st['online_steps_at_start'])
-        done = st['warmup_done'] + st['online_updates']
-        behind = st['phase'] == 'pretrain' or done < self._allowed_updates(steps) - self._pace_slack()
-        return {'behind': bool(behind), 'env_steps': int(steps), 'updates': int(done),
-                'updates_per_env_step': done / steps if steps else math.nan}
+        if m.get('phase_warmup'):
+            st['warmup_done'] += 1
+        else:
+            st['online_updates'] += 1
+        self._diag.append(m)
+        if len(self._diag) >= self.cfg.diagnostics_every:
+            self._write_diagnostics()
 
-    def _allowed_updates(self, new_steps: int) -> float:
-        return self.agent.cfg.critic_warmup_steps + self.cfg.utd_ratio * new_steps
-
-    def _pace_slack(self) -> float:
-        return max(1.0, self.cfg.utd_ratio * self.agent.cfg.horizon)
+    def _write_diagnostics(self):
+        """One row of diagnostics.csv (means over the window) and a refreshed diagnostics.png."""
+        from poco_learner.diagnostics import append_row, plot_diagnostics
+        rows, self._diag = self._diag, []
+        p = self.pacing()
+        row = {'wall_time': round(time.time(), 2), 'phase': self.state['phase'], 'env_steps': p['env_steps'],
+               'updates': p['updates'], 'updates_per_env_step': p['updates_per_env_step'],
+               'updates_per_second': round(self._ups, 3)}
+        row.update(summarise(rows))
+        path = self.run_dir / 'diagnostics.csv'
+        append_row(path, row)
+        try:
+            plot_diagnostics(path, self.run_dir / 'diagnostics.png')
+        except Exception as e:  # a plot must never stop training
+            self.log('warn', f'diagnostics plot failed: {e}')
 
     # ------------------------------------------------------------------ persistence + status
     def checkpoint(self):
@@ -370,7 +398,7 @@ class Learner:
             return
         Path(self.ckpt_prefix).parent.mkdir(parents=True, exist_ok=True)
         with self.agent_lock:
-            self.agent.save(self.ckpt_prefix)
+            self.agent.save(self.ckpt_prefix, extra={'learner_config': self.effective_config()})
         self._write_state()
         if self.buffer is not None:
             with self.lock:
@@ -389,12 +417,35 @@ class Learner:
     def buffer_len(self) -> int:
         return len(self.buffer) if self.buffer is not None else 0
 
+    def pacing(self) -> dict:
+        """The update-to-data contract, for the sim graph's clock (sim_node waits while `behind`).
+
+        behind: the learner wants the environment to wait (pre-training, or fewer updates done than
+        utd_ratio x online env steps received, beyond a slack of one chunk). env_steps: online steps received
+        since the online phase began; updates: online updates done (critic warm-up included);
+        updates_per_env_step: achieved ratio (what an operator on the wall clock watches)."""
+        st = self.state
+        if self.agent is None or st['phase'] in ('waiting', 'error'):
+            return {'behind': False, 'env_steps': 0, 'updates': 0, 'updates_per_env_step': math.nan}
+        steps = self._online_steps_since_start()
+        done = st['warmup_done'] + st['online_updates']
+        behind = st['phase'] == 'pretrain' or done < self._allowed_updates(steps) - self._pace_slack()
+        return {'behind': bool(behind), 'env_steps': int(steps), 'updates': int(done),
+                'updates_per_env_step': done / steps if steps else math.nan}
+
+    def _allowed_updates(self, new_steps: int) -> float:
+        return self.cfg.utd_ratio * new_steps
+
+    def _pace_slack(self) -> float:
+        return max(1.0, self.cfg.utd_ratio * self.agent.cfg.horizon)
+
     def status(self) -> dict:
         with self.lock:  # also called from the train thread (phase changes) while callbacks append
             s = self.buffer.stats() if self.buffer is not None else {}
         st = self.state
         phase_step = {'pretrain': st['pretrain_done'], 'warmup': st['warmup_done'],
                       'poco': st['online_updates']}.get(st['phase'], 0)
+        p = self.pacing()
         return {
             'phase': st['phase'],
             'algorithm': self.agent.cfg.algorithm if self.agent is not None else '',
@@ -410,4 +461,33 @@ class Learner:
             'recent_success_rate': self.assembler.recent_success_rate() if self.assembler else math.nan,
             'weights_version': st['weights_version'],
             'updates_per_second': self._ups,
+            'updates_per_env_step': p['updates_per_env_step'],
         }
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    """Means of the numeric metrics over a window of updates (NaN-free keys only)."""
+    from poco_learner.diagnostics import DIAG_KEYS
+    out = {}
+    for k in DIAG_KEYS:
+        v = [float(m[k]) for m in rows if k in m and math.isfinite(float(m[k]))]
+        out[k] = float(np.mean(v)) if v else math.nan
+    return out
+
+
+class _LockedBuffer:
+    """The replay buffer as the trainer sees it: sampling under the lock the ROS callbacks append under."""
+
+    def __init__(self, buffer, lock):
+        self._b, self._lock = buffer, lock
+
+    def sample(self, *args, **kwargs):
+        with self._lock:
+            return self._b.sample(*args, **kwargs)
+
+    def num_sampleable(self) -> int:
+        with self._lock:
+            return self._b.num_sampleable()
+
+    def __len__(self) -> int:
+        return len(self._b)

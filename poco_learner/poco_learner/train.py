@@ -75,8 +75,8 @@ class OnlineTrainer:
                  min_buffer_steps: int = 0,
                  on_policy_update: Callable[[Agent], None] | None = None,
                  rng: np.random.Generator | int | None = None):
-        if utd_ratio <= 0:
-            raise ValueError('utd_ratio must be positive')
+        if not utd_ratio >= 0:
+            raise ValueError('utd_ratio must be >= 0 (0 = no online updates)')
         self.agent = agent
         self.buffer = buffer
         self.utd_ratio = float(utd_ratio)
@@ -115,17 +115,29 @@ class OnlineTrainer:
             self.on_policy_update(self.agent)
         return m
 
-    def on_env_steps(self, n_steps: int, max_updates: int | None = None) -> list[dict[str, float]]:
-        """Account for `n_steps` new environment steps and run the updates they pay for."""
+    def add_env_steps(self, n_steps: int) -> None:
+        """Account for `n_steps` new environment steps (they pay for utd_ratio updates each)."""
         if _sampleable(self.buffer) < max(1, self.min_buffer_steps):
-            return []                # steps taken while waiting for data earn no backlog of updates
+            return                   # steps taken while waiting for data earn no backlog of updates
         self._credit += n_steps * self.utd_ratio
-        todo = int(math.floor(self._credit + 1e-9))
+
+    @property
+    def pending_updates(self) -> int:
+        return int(math.floor(self._credit + 1e-9))
+
+    def run_pending(self, max_updates: int | None = None) -> list[dict[str, float]]:
+        """Run the updates the accounted steps paid for (at most max_updates now)."""
+        todo = self.pending_updates
         if max_updates is not None:
             todo = min(todo, max_updates)
         out = [self.update_once() for _ in range(todo)]
         self._credit -= todo
         return out
+
+    def on_env_steps(self, n_steps: int, max_updates: int | None = None) -> list[dict[str, float]]:
+        """Account for `n_steps` new environment steps and run the updates they pay for."""
+        self.add_env_steps(n_steps)
+        return self.run_pending(max_updates)
 
     def train(self, num_updates: int) -> list[dict[str, float]]:
         """Run a fixed number of updates regardless of new data (offline-style or catch-up)."""

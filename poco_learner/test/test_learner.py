@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from poco_learner.episodes import START, SUCCESS, TIMEOUT
+from poco_learner.agent import AgentConfig
 from poco_learner.learner import Learner, LearnerConfig
 
 FEAT = 4
@@ -32,10 +33,11 @@ def _wait(pred, timeout):
 
 @pytest.mark.parametrize('algorithm', ['poco', 'qc_best_of_n'])
 def test_phases_are_announced_in_order_and_resume(tmp_path, algorithm):
-    cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', hidden_dim=32, hidden_layers=2,
-                        algorithm=algorithm,
-                        batch_size=8, num_candidates=4, flow_steps=2, horizon=3, pretrain_steps=15,
-                        critic_warmup_steps=3, utd_ratio=1.0, publish_every=5, checkpoint_every_s=3600)
+    cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', utd_ratio=1.0, publish_every=5,
+                        checkpoint_every_s=3600, agent=AgentConfig(
+                            actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), algorithm=algorithm,
+                            batch_size=8, num_candidates=4, flow_steps=2, horizon=3, pretrain_steps=15,
+                            critic_warmup_steps=3))
     logs = []
     core = Learner(cfg, log=lambda lvl, s: logs.append(s))
     seen = []
@@ -52,16 +54,27 @@ def test_phases_are_announced_in_order_and_resume(tmp_path, algorithm):
         _episode(core, e + 1, 12, e == 0, rng)
     core.start()
     try:
-        # warm-up is 3 updates (milliseconds): a periodic status would miss it, the announcement must not
+        assert _wait(lambda: len(published) >= 1, 60), logs[-5:]    # pre-trained weights v1 are out
+        time.sleep(0.3)
+        assert core.state['warmup_done'] == 0       # steps from before the online phase pay for no update
+        # update-to-data pacing: 12 new steps pay for 12 updates, the 3 of the warm-up (milliseconds: a periodic
+        # status would miss it, the announcement must not) and 9 POCO updates
+        _episode(core, 4, 12, False, rng)
         assert _wait(lambda: core.state['warmup_done'] >= 3, 60), logs[-5:]
-        for e in range(3, 6):   # new online steps allow POCO updates (update-to-data pacing)
+        assert _wait(lambda: core.state["online_updates"] >= 9, 60), logs[-5:]
+        for e in range(4, 6):
             _episode(core, e + 1, 12, False, rng)
-        assert _wait(lambda: core.state['online_updates'] >= 10, 60), logs[-5:]
+        assert _wait(lambda: core.state['online_updates'] >= 20, 60), logs[-5:]
+        # exactly utd_ratio x new env steps, then the learner waits for data and asks the clock for none
+        assert _wait(lambda: core.pacing()['updates'] == 36, 60), core.pacing()
+        time.sleep(0.3)
+        pace = core.pacing()
+        assert pace == {'behind': False, 'env_steps': 36, 'updates': 36, 'updates_per_env_step': 1.0}, pace
     finally:
         core.stop()
     phases = [s['phase'] for s in seen]
     assert phases == ['pretrain', 'warmup', 'poco'], phases
-    assert seen[1]['update_step'] == cfg.pretrain_steps     # announced as the phase began
+    assert seen[1]['update_step'] == cfg.agent.pretrain_steps     # announced as the phase began
     assert any('phase warmup -> poco' in s for s in logs)
     assert published[0] == (1, 'pretrain', False) and len(published) >= 3
     # the QC baseline acts with argmax-Q on the robot: its online weights carry the critic

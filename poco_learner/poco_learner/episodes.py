@@ -29,7 +29,7 @@ class RewardConfig:
     # A timeout ends the task (terminal, no bootstrap) instead of truncating it: with a sparse success reward
     # and no time in the observation, bootstrapping past a failed episode's last state lets the critic carry
     # values learnt on the demos into states the policy never recovers from (docs/learning.md).
-    timeout_terminal: bool = False
+    timeout_terminal: bool = True
 
 
 @dataclass

@@ -54,7 +54,7 @@ class ExperimentConfig:
     eval_every: int = 4
     utd_ratio: float = 1.0
     demo_ratio: float = 0.5
-    timeout_terminal: bool = False                # RewardConfig.timeout_terminal
+    timeout_terminal: bool = True                 # RewardConfig.timeout_terminal
     log_every: int = 500
     torch_threads: int = 1
     window: int = 20
@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     p.add_argument('--demos', type=int, default=5)
     p.add_argument('--demo-noise', type=float, default=0.0)
     p.add_argument('--utd', type=float, default=1.0)
-    p.add_argument('--timeout-terminal', action='store_true')
+    p.add_argument('--timeout-truncates', action='store_true',
+                   help='a timeout truncates the episode (bootstrap) instead of ending it (RewardConfig.timeout_terminal)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='AgentConfig override, e.g. --set eta=0.01 (YAML-parsed value)')
     p.add_argument('--out', required=True)
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
         over[k] = yaml.safe_load(v)
     cfg = ExperimentConfig(task=a.task, algorithm=a.algorithm, seed=a.seed, preset=a.preset, agent=over,
                            env_steps=a.env_steps, demos=a.demos, demo_noise=a.demo_noise, utd_ratio=a.utd,
-                           timeout_terminal=a.timeout_terminal)
+                           timeout_terminal=not a.timeout_truncates)
     run(cfg, a.out)
     return 0
 

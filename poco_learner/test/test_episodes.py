@@ -1,5 +1,6 @@
 """EpisodeAssembler joins out-of-order transitions and events into correct buffer episodes."""
 import numpy as np
+import pytest
 
 from poco_learner.buffer import BufferConfig, ReplayBuffer
 from poco_learner.episodes import ESTOP, START, SUCCESS, TIMEOUT, EpisodeAssembler, RewardConfig
@@ -37,14 +38,16 @@ def test_success_episode_gets_sparse_reward_and_terminal():
     assert ep['intervention'].tolist() == [False, True, False, False]
 
 
-def test_event_before_final_observation_and_timeout_is_truncation():
-    buf, asm = _make(RewardConfig(step_penalty=0.01))
+@pytest.mark.parametrize('timeout_terminal', [False, True])
+def test_event_before_final_observation_and_timeout_end(timeout_terminal):
+    buf, asm = _make(RewardConfig(step_penalty=0.01, timeout_terminal=timeout_terminal))
     _send(asm, 3, 3, final=False)
     asm.on_event(3, TIMEOUT, 3, False)
     assert not buf.get_episode(3)['ended']  # waits for the final observation
     asm.on_transition(3, 3, np.full(D_FEAT, 9.0, np.float32), np.zeros(7), [], False, True)
     ep = buf.get_episode(3)
-    assert not ep['terminal'] and not ep['success']
+    # a timeout truncates (bootstrap from the last state) or, by default, ends the task as a failure
+    assert ep['terminal'] == timeout_terminal and not ep['success']
     assert np.allclose(ep['rewards'], [-0.01] * 3)
     assert ep['obs'][-1][0] == 9.0
 

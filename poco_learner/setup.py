@@ -23,6 +23,8 @@ setup(
             'learner_node = poco_learner.learner_node:main',
             'pretrain = poco_learner.cli:pretrain_main',
             'evaluate = poco_learner.cli:evaluate_main',
+            'poco_experiment = poco_learner.experiment:main',
+            'poco_harness = poco_learner.experiment:sweep_main',
             'bag_record = poco_learner.bags:record_main',
             'bag_ingest = poco_learner.bags:ingest_main',
             'bag_replay = poco_learner.bags:replay_main',

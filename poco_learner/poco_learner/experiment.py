@@ -52,6 +52,8 @@ class ExperimentConfig:
     env_steps: int = 15000                        # online env-step budget (after pre-training)
     initial_eval_episodes: int = 20
     eval_every: int = 4
+    # evaluation samples like training (False) or from zero noise; the policy POCO trains is the sampled one
+    eval_deterministic: bool = False
     utd_ratio: float = 1.0
     demo_ratio: float = 0.5
     timeout_terminal: bool = True                 # RewardConfig.timeout_terminal
@@ -153,7 +155,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
             done = success = False
             steps = 0
             while not done:
-                chunk = agent.act(x, deterministic=evaluation)          # [T, 7] normalised
+                chunk = agent.act(x, deterministic=evaluation and cfg.eval_deterministic)  # [T, 7], normalised
                 executed = 0
                 for a in chunk[:T]:
                     a_norm = np.clip(a, -1.0, 1.0).astype(np.float32)
@@ -214,6 +216,155 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     return s
 
 
+# ------------------------------------------------------------------------------------------------ sweeps
+# The harness's arms: name -> (algorithm, AgentConfig overrides). Every arm runs the same preset, demos,
+# budget and evaluation protocol; only what the name says differs.
+ARMS: dict[str, tuple[str, dict]] = {
+    'poco': ('poco', {}),
+    'poco_buffer': ('poco', {'bc_data': 'buffer'}),     # the paper's data term: every buffer row
+    'poco_noclip': ('poco_noclip', {}),
+    'bc': ('bc', {'bc_data': 'buffer'}),                # BC fine-tuning on the growing buffer, no critic
+    'qc_best_of_n': ('qc_best_of_n', {'bc_data': 'buffer'}),
+}
+# two-sided 95 % Student-t quantiles by degrees of freedom (no scipy on these machines)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95 % confidence interval (Student t over seeds)."""
+    v = np.asarray([x for x in values if math.isfinite(x)], float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    if len(v) == 1:
+        return float(v[0]), math.nan
+    return float(v.mean()), float(_T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _run_one(job: tuple) -> dict:
+    arm, task, seed, base, out = job
+    algo, over = ARMS[arm]
+    cfg = ExperimentConfig(**dict(base, task=task, algorithm=algo, seed=seed, agent=dict(base.get('agent', {}), **over)))
+    d = Path(out) / f'{task}_{arm}_s{seed}'
+    if (d / 'summary.json').exists():      # resumable: a finished run is not repeated
+        s = json.loads((d / 'summary.json').read_text())
+    else:
+        s = run(cfg, d, log=lambda m: print(m, flush=True))
+    return dict(s, arm=arm)
+
+
+def sweep(arms: list[str], tasks: list[str], seeds: list[int], out: str | Path, workers: int = 2,
+          base: dict | None = None) -> list[dict]:
+    """Every arm x task x seed (one process per run, `workers` at a time, one torch thread each), then
+    results.md (table) and results.png (mean curves) in `out`."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f'unknown arms {unknown}; known: {sorted(ARMS)}')
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(a, t, s, dict(base or {}), str(out)) for t in tasks for s in seeds for a in arms]
+    results = []
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context('spawn')) as ex:
+        for r in ex.map(_run_one, jobs):
+            results.append(r)
+    write_report(out, arms, tasks, results)
+    return results
+
+
+def _cpu_name() -> str:
+    try:
+        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+        flags = open('/proc/cpuinfo').read()
+        feats = [f for f in ('amx_bf16', 'avx512_bf16') if f in flags]
+        return f"{model} ({', '.join(feats) or 'no native bf16'}; {os.cpu_count()} cores)"
+    except (OSError, StopIteration):
+        return 'unknown CPU'
+
+
+def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dict]) -> str:
+    lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.',
+             '', '| task | arm | seeds | pre-trained | final (last 60 eval) | AUC (online eval) | '
+             'worst 20-eval window after warm-up | env steps |', '|---|---|---|---|---|---|---|---|']
+    for t in tasks:
+        for a in arms:
+            rs = [r for r in results if r['task'] == t and r['arm'] == a]
+            if not rs:
+                continue
+            cells = []
+            for k in ('pretrained', 'final', 'auc', 'worst_window'):
+                m, h = mean_ci([r[k] for r in rs])
+                cells.append(f'{m:.2f} ± {h:.2f}' if math.isfinite(h) else f'{m:.2f}')
+            lines.append(f"| {t} | {a} | {len(rs)} | {' | '.join(cells)} | {int(np.mean([r['env_steps'] for r in rs]))} |")
+    text = '\n'.join(lines) + '\n'
+    (out / 'results.md').write_text(text)
+    (out / 'results.json').write_text(json.dumps(results, indent=1))
+    try:
+        plot_curves(out, arms, tasks, results)
+    except Exception as e:  # the table is the result; a plot failure must not lose it
+        print(f'plot failed: {e}')
+    return text
+
+
+def eval_curve(rows: list[dict], window: int = 20, step: int = 250, until: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation success (moving window of `window` eval episodes) sampled every `step` env steps."""
+    ev = [(int(r['env_steps']), float(r['success'])) for r in rows if int(r['evaluation'])]
+    xs = np.arange(step, (until or (ev[-1][0] if ev else step)) + 1, step)
+    ys = []
+    for x in xs:
+        past = [s for e, s in ev if e <= x][-window:]
+        ys.append(np.mean(past) if past else np.nan)
+    return xs, np.asarray(ys)
+
+
+def plot_curves(out: Path, arms: list[str], tasks: list[str], results: list[dict]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6 * len(tasks), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, t in zip(axes, tasks):
+        for a in arms:
+            rs = [r for r in results if r['task'] == t and r['arm'] == a]
+            curves = []
+            until = min((r['env_steps'] for r in rs), default=0)
+            for r in rs:
+                with open(out / f"{t}_{a}_s{r['seed']}" / 'episodes.csv', newline='') as f:
+                    curves.append(eval_curve(list(csv.DictReader(f)), until=until))
+            if not curves:
+                continue
+            xs = curves[0][0]
+            ys = np.stack([c[1][:len(xs)] for c in curves])
+            m = np.nanmean(ys, 0)
+            line, = ax.plot(xs, m, label=f'{a} ({len(rs)} seeds)')
+            if len(rs) > 1:
+                ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15)
+        ax.set_title(t)
+        ax.set_xlabel('env steps (online)')
+        ax.set_ylabel('eval success (20-episode window)')
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(out / 'results.png', dpi=90)
+
+
+def sweep_main(argv=None) -> int:
+    p = argparse.ArgumentParser(description='Learning harness: arms x tasks x seeds at a fixed env-step budget '
+                                            '(no ROS), then a table and a plot.')
+    p.add_argument('--arms', nargs='+', default=list(ARMS), help=f'of {list(ARMS)}')
+    p.add_argument('--tasks', nargs='+', default=['pick_cube', 'peg_insert'])
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--env-steps', type=int, default=10000)
+    p.add_argument('--workers', type=int, default=2, help='runs at a time (one torch thread each)')
+    p.add_argument('--preset', default='sim_cpu')
+    p.add_argument('--out', default='docs/results/harness')
+    a = p.parse_args(argv)
+    sweep(a.arms, a.tasks, a.seeds, a.out, a.workers, base={'env_steps': a.env_steps, 'preset': a.preset})
+    print((Path(a.out) / 'results.md').read_text())
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description='One learning run without ROS (see poco_learner.experiment).')
     p.add_argument('--task', default='pick_cube')
@@ -224,6 +375,7 @@ def main(argv=None) -> int:
     p.add_argument('--demos', type=int, default=5)
     p.add_argument('--demo-noise', type=float, default=0.0)
     p.add_argument('--utd', type=float, default=1.0)
+    p.add_argument('--eval-deterministic', action='store_true', help='evaluate from zero noise')
     p.add_argument('--timeout-truncates', action='store_true',
                    help='a timeout truncates the episode (bootstrap) instead of ending it (RewardConfig.timeout_terminal)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -237,7 +389,8 @@ def main(argv=None) -> int:
         over[k] = yaml.safe_load(v)
     cfg = ExperimentConfig(task=a.task, algorithm=a.algorithm, seed=a.seed, preset=a.preset, agent=over,
                            env_steps=a.env_steps, demos=a.demos, demo_noise=a.demo_noise, utd_ratio=a.utd,
-                           timeout_terminal=not a.timeout_truncates)
+                           timeout_terminal=not a.timeout_truncates,
+                           eval_deterministic=a.eval_deterministic)
     run(cfg, a.out)
     return 0
 

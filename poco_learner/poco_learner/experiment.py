@@ -42,12 +42,13 @@ from poco_learner.train import OnlineTrainer, pretrain
 
 @dataclass
 class ExperimentConfig:
+    name: str = ''                                # label in log lines ('' = the algorithm)
     task: str = 'pick_cube'
     algorithm: str = 'poco'
     seed: int = 0
     preset: str = 'sim_cpu'
     agent: dict = field(default_factory=dict)     # AgentConfig overrides on top of the preset
-    demos: int = 5
+    demos: int = 10                               # scripted demonstrations (the main job: 10)
     demo_noise: float = 0.0                       # expert action noise std (fraction of the max delta)
     env_steps: int = 15000                        # online env-step budget (after pre-training)
     initial_eval_episodes: int = 20
@@ -104,6 +105,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     from poco_sim.expert import ScriptedExpert
 
     torch.set_num_threads(max(1, cfg.torch_threads))
+    tag = f'[{cfg.task} {cfg.name or cfg.algorithm} s{cfg.seed}]'
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -130,7 +132,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                                                 indent=1))
     agent = Agent(acfg)
     m = pretrain(agent, buffer, acfg.pretrain_steps, progress=False, rng=cfg.seed)
-    log(f'[{cfg.algorithm} s{cfg.seed}] pre-trained {acfg.pretrain_steps} steps, bc {m.get("bc_loss_avg", 0):.4f} '
+    log(f'{tag} pre-trained {acfg.pretrain_steps} steps, bc {m.get("bc_loss_avg", 0):.4f} '
         f'({time.perf_counter() - t_start:.0f} s)')
 
     trainer = OnlineTrainer(agent, buffer, utd_ratio=cfg.utd_ratio, rng=cfg.seed + 1)
@@ -197,7 +199,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                 window_metrics = []
                 next_log += cfg.log_every
                 ev = [r['success'] for r in rows[-40:] if r['evaluation']]
-                log(f'[{cfg.algorithm} s{cfg.seed}] {env_steps} steps, {d["updates"]} updates, eval(last '
+                log(f'{tag} {env_steps} steps, {d["updates"]} updates, eval(last '
                     f'{len(ev)}) {np.mean(ev) if ev else math.nan:.2f}, train {d["train_success"]:.2f}, '
                     f'q {d["q_mean"]:.3f} ess {d["ess"]:.2f} clip {d["clip_fraction"]:.2f} '
                     f'({d["wall_s"]:.0f} s)')
@@ -212,7 +214,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     s = score(rows, cfg.window, cfg.final_window)
     s.update(wall_s=round(time.perf_counter() - t_start, 1), algorithm=cfg.algorithm, task=cfg.task, seed=cfg.seed)
     (out / 'summary.json').write_text(json.dumps(s, indent=1))
-    log(f'[{cfg.algorithm} s{cfg.seed}] done: {s}')
+    log(f'{tag} done: {s}')
     return s
 
 
@@ -243,7 +245,7 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 def _run_one(job: tuple) -> dict:
     arm, task, seed, base, out = job
     algo, over = ARMS[arm]
-    cfg = ExperimentConfig(**dict(base, task=task, algorithm=algo, seed=seed, agent=dict(base.get('agent', {}), **over)))
+    cfg = ExperimentConfig(**dict(base, name=arm, task=task, algorithm=algo, seed=seed, agent=dict(base.get('agent', {}), **over)))
     d = Path(out) / f'{task}_{arm}_s{seed}'
     if (d / 'summary.json').exists():      # resumable: a finished run is not repeated
         s = json.loads((d / 'summary.json').read_text())
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--preset', default='sim_cpu')
     p.add_argument('--env-steps', type=int, default=15000)
-    p.add_argument('--demos', type=int, default=5)
+    p.add_argument('--demos', type=int, default=10)
     p.add_argument('--demo-noise', type=float, default=0.0)
     p.add_argument('--utd', type=float, default=1.0)
     p.add_argument('--eval-deterministic', action='store_true', help='evaluate from zero noise')

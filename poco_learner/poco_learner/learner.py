@@ -43,7 +43,7 @@ class LearnerConfig:
     max_joint_delta: float = 0.05        # rad per tick: the action normalisation (must equal the policy's)
     utd_ratio: float = 1.0               # gradient updates per new online env step (critic warm-up included)
     publish_every: int = 50              # actor updates between weight publications
-    checkpoint_every_s: float = 60.0
+    checkpoint_every_s: float = 5.0      # a kill -9 loses at most this much training (plus the buffer: nothing)
     status_rate_hz: float = 1.0
     diagnostics_every: int = 100         # updates per row of diagnostics.csv
     learn_from_eval: bool = True

@@ -1,7 +1,8 @@
 """bf16 inference helpers shared by the actor (flow_policy) and the critic (chunk_critic); no ROS.
 
 CPU bf16 pays off only where the CPU has native bf16 matmul; the fused linear+SiLU is a torch-internal oneDNN
-op, used only when it exists and matches the eager result on a probe.
+op, used only for CPU tensors and only when it exists and matches the eager result on a probe. On CUDA the same
+code runs the plain bf16 ops (tensor cores); `bf16_autocast` takes the tensors' device type.
 """
 from __future__ import annotations
 
@@ -49,13 +50,14 @@ def _fused_linear_silu_ok() -> bool:
 
 def linear_silu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """silu(x @ w.T + b) for 2-D bf16 inference inputs; fused on oneDNN when it verifiably works."""
-    if x.dtype == torch.bfloat16 and x.dim() == 2 and not torch.is_grad_enabled() and _fused_linear_silu_ok():
+    if (x.dtype == torch.bfloat16 and x.dim() == 2 and x.device.type == 'cpu' and not torch.is_grad_enabled()
+            and _fused_linear_silu_ok()):
         return _linear_silu_onednn(x, w, b)
     return _linear_silu_eager(x, w, b)
 
 
-def bf16_autocast(enabled: bool):
-    """CPU bf16 autocast context (a no-op context when disabled)."""
+def bf16_autocast(enabled: bool, device_type: str = 'cpu'):
+    """bf16 autocast context for 'cpu' or 'cuda' tensors (a no-op context when disabled)."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast('cpu', dtype=torch.bfloat16)
+    return torch.autocast(device_type, dtype=torch.bfloat16)

@@ -83,5 +83,5 @@ def select_best(critic: ChunkCritic, obs: torch.Tensor, cands: torch.Tensor, how
     """Argmax-Q candidate per state. obs [B, D], cands [B, N, T*A] -> (chunks [B, T*A], q [B])."""
     q = aggregate(critic(obs, cands), how)                 # [B, N]
     idx = q.argmax(1)
-    ar = torch.arange(obs.shape[0])
+    ar = torch.arange(obs.shape[0], device=cands.device)
     return cands[ar, idx], q[ar, idx]

@@ -46,6 +46,11 @@ Random numbers come from numpy's PCG64 bit stream (`Generator.random`, whose out
 stream), one stream per tensor derived from (seed, crc32(tensor name)), so the weights do not depend on torch's
 RNG, on creation order, or on the platform.
 
+Device (`EncoderConfig.device`: 'auto' | 'cpu' | 'cuda' | 'cuda:N', poco_policy.device): the weights are built on
+the CPU and moved; images go to the device as uint8 and the features come back as CPU numpy. On CUDA the convolutions
+run in IEEE fp32 (no TF32, deterministic cuDNN), so a GPU learner's features match a CPU robot's to float rounding
+(TF32 would change them ~1e-3); the device is not part of `fingerprint`.
+
 Threads: `num_threads > 0` calls `torch.set_num_threads`, which is process-wide (it also affects other torch code
 in the process); 0 leaves torch's setting alone. Features are bitwise identical across processes for the same
 config, machine and batch size; across different batch sizes oneDNN may pick different kernels (differences
@@ -65,6 +70,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from poco_policy.device import check_device_spec, resolve_device
 
 _log = logging.getLogger(__name__)
 
@@ -87,8 +94,10 @@ class EncoderConfig:
     channels_last: bool = True   # NHWC memory format (faster oneDNN convolutions on CPU)
     num_threads: int = 0         # >0: torch.set_num_threads (process-wide!); 0 = leave as is
     batch_size: int = 64         # images per forward pass when encoding many (bounds memory)
+    device: str = 'auto'         # 'auto' (CUDA if available, else CPU) | 'cpu' | 'cuda' | 'cuda:N'
 
     def __post_init__(self) -> None:
+        self.device = check_device_spec(self.device, 'EncoderConfig.device')  # availability: ImageEncoder
         if self.head not in _HEADS:
             raise ValueError(f'EncoderConfig.head must be one of {_HEADS}, got {self.head!r}')
         if self.feature_dim < 1:
@@ -214,6 +223,7 @@ class ImageEncoder:
 
     def __init__(self, cfg: EncoderConfig | None = None):
         self.cfg = cfg = cfg or EncoderConfig()
+        self.device = resolve_device(cfg.device, 'EncoderConfig.device')  # one-line ValueError if unavailable
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         if cfg.checkpoint_path:
@@ -230,7 +240,7 @@ class ImageEncoder:
         self.trunk.eval().requires_grad_(False)
         self._dtype = torch.bfloat16 if cfg.bf16 else torch.float32
         self._mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.trunk.to(dtype=self._dtype, memory_format=self._mem)
+        self.trunk.to(device=self.device, dtype=self._dtype, memory_format=self._mem)
 
         # Frozen head: unit-variance uniform random projections (Johnson-Lindenstrauss style), scaled by 1/sqrt(fan_in).
         if cfg.head == 'pooled':
@@ -243,10 +253,11 @@ class ImageEncoder:
         c3, c4 = _STAGES[2][0], _STAGES[3][0]
         s3 = np.sqrt(3.0 / c3)
         s4 = np.sqrt(3.0 / c4)
-        self._kp_proj = torch.from_numpy(_uniform(cfg.seed, 'head.keypoints', (self.n_keypoints, c3), s3))
-        self._pool_proj = torch.from_numpy(_uniform(cfg.seed, 'head.pooled', (c4, self.n_pooled), s4))
-        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+        dev = self.device
+        self._kp_proj = torch.from_numpy(_uniform(cfg.seed, 'head.keypoints', (self.n_keypoints, c3), s3)).to(dev)
+        self._pool_proj = torch.from_numpy(_uniform(cfg.seed, 'head.pooled', (c4, self.n_pooled), s4)).to(dev)
+        self._mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0).to(dev)
+        self._std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0).to(dev)
         self._fingerprint: str | None = None
 
     @property
@@ -263,9 +274,9 @@ class ImageEncoder:
             h.update(repr(sorted(relevant.items())).encode())
             for k, v in sorted(self.trunk.state_dict().items()):
                 h.update(k.encode())
-                h.update(v.detach().float().contiguous().numpy().tobytes())
-            h.update(self._kp_proj.numpy().tobytes())
-            h.update(self._pool_proj.numpy().tobytes())
+                h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+            h.update(self._kp_proj.cpu().numpy().tobytes())
+            h.update(self._pool_proj.cpu().numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -280,9 +291,18 @@ class ImageEncoder:
                              f'{images.shape}')
         return images
 
-    @torch.inference_mode()
     def _forward(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        """Features on the CPU, [B, feature_dim] float32."""
+        if self.device.type != 'cuda':
+            return self._forward_on_device(images)
+        # IEEE fp32 convolutions (no TF32) so GPU features match CPU ones to rounding
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            return self._forward_on_device(images).cpu()
+
+    @torch.inference_mode()
+    def _forward_on_device(self, images: np.ndarray) -> torch.Tensor:
+        # uint8 travels to the device (4x less than float32), converted there
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
         size = self.cfg.image_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
@@ -303,8 +323,8 @@ class ImageEncoder:
         rms = fmap.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-6
         logits = torch.einsum('kc,bchw->bkhw', self._kp_proj, fmap / rms).reshape(b, self.n_keypoints, h * w)
         attn = torch.softmax(logits * _KP_SHARPNESS, dim=-1)
-        ys = torch.linspace(-1.0, 1.0, h).view(h, 1).expand(h, w).reshape(-1)
-        xs = torch.linspace(-1.0, 1.0, w).view(1, w).expand(h, w).reshape(-1)
+        ys = torch.linspace(-1.0, 1.0, h, device=fmap.device).view(h, 1).expand(h, w).reshape(-1)
+        xs = torch.linspace(-1.0, 1.0, w, device=fmap.device).view(1, w).expand(h, w).reshape(-1)
         # interleaved (x0, y0, x1, y1, ...)
         return torch.stack([attn @ xs, attn @ ys], dim=-1).reshape(b, 2 * self.n_keypoints)
 

@@ -9,7 +9,9 @@ Speed: the first layer of the MLP acts on concat(s, a_m, m). It is split into an
 (the small-model analogue of reusing a VLA's KV cache). The time term m * w_m is folded into that cached
 projection once per flow step, so the per-step work is one small matmul on the action plus the trunk.
 
-Weights travel as safetensors bytes (`weights_to_bytes` / `policy_from_bytes`); never pickle.
+Weights travel as safetensors bytes (`weights_to_bytes` / `policy_from_bytes`); never pickle. They are always
+serialised from CPU copies; `policy_from_bytes(..., device=)` puts the rebuilt policy on 'cpu' (the default),
+'cuda', 'cuda:N' or 'auto' (poco_policy.device), and `act` / `sample` take observations on any device.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch.nn import functional as F
 from poco_policy.bf16 import bf16_autocast, cpu_supports_bf16, linear_silu  # noqa: F401 (re-exported)
 from poco_policy.chunk_critic import ChunkCritic, select_best
 from poco_policy.config import from_dict as config_from_dict
+from poco_policy.device import module_device, resolve_device
 
 WEIGHTS_FORMAT = 'poco_flow_policy/1'
 
@@ -96,6 +99,10 @@ class FlowChunkPolicy(nn.Module):
             for p in (self.obs_in.weight, self.obs_in.bias, self.act_in.weight):
                 p.uniform_(-bound, bound)
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self)
+
     # ----------------------------------------------------------------------------------------------- core
     def encode_obs(self, obs: torch.Tensor) -> torch.Tensor:
         """Observation part of the first layer, [B, D] -> [B, H0]; reuse it for many candidates/steps."""
@@ -134,11 +141,11 @@ class FlowChunkPolicy(nn.Module):
         if obs is not None and lead[0] != obs.shape[0]:
             raise ValueError(f'batch mismatch: obs {tuple(obs.shape)} vs actions {tuple(actions.shape)}')
         a1 = actions.reshape(*lead, T * A)
-        a0 = (torch.randn(a1.shape, generator=generator, dtype=a1.dtype, device=a1.device)
-              if noise is None else noise.reshape(a1.shape).to(a1.dtype))
+        a0 = (_draw(torch.randn, a1.shape, generator, a1.device, a1.dtype)
+              if noise is None else noise.reshape(a1.shape).to(a1.device, a1.dtype))
         if m is None:
-            m = torch.rand(lead, generator=generator, dtype=a1.dtype, device=a1.device)
-        m = m.reshape(lead).to(a1.dtype)
+            m = _draw(torch.rand, lead, generator, a1.device, a1.dtype)
+        m = m.reshape(lead).to(a1.device, a1.dtype)
         a_m = (1.0 - m.unsqueeze(-1)) * a0 + m.unsqueeze(-1) * a1
         if h_obs is None:
             h_obs = self.encode_obs(obs)
@@ -165,11 +172,11 @@ class FlowChunkPolicy(nn.Module):
         cfg = self.cfg
         B, N, TA = obs.shape[0], int(num_samples), cfg.chunk_dim
         if noise is None:
-            a = torch.randn((B, N, TA), generator=generator, dtype=torch.float32, device=obs.device)
+            a = _draw(torch.randn, (B, N, TA), generator, obs.device, torch.float32)
         else:
             if noise.numel() != B * N * TA:
                 raise ValueError(f'noise shape {tuple(noise.shape)} does not match [B={B}, N={N}, {TA}]')
-            a = noise.reshape(B, N, TA).to(torch.float32).clone()
+            a = noise.reshape(B, N, TA).to(obs.device, torch.float32, copy=True)
         K = cfg.flow_steps
         dt = 1.0 / K
         w_a = self.act_in.weight[:, :-1]
@@ -201,16 +208,25 @@ class FlowChunkPolicy(nn.Module):
             generator: torch.Generator | None = None) -> torch.Tensor:
         """The chunk to execute, obs [B, D] -> [B, T, A]: one sample (zero noise when deterministic), or with
         `best_of_n` the argmax-Q of N samples (deterministic: the single zero-noise sample, as the learner's
-        agent does)."""
+        agent does). obs may live on any device: it is moved to the policy's; the chunk stays there."""
         cfg, sel = self.cfg, self.best_of_n
+        obs = obs.to(self.device, torch.float32)
         B = obs.shape[0]
         n = 1 if sel is None or deterministic else sel.num_candidates
-        noise = torch.zeros(B, n, cfg.chunk_dim) if deterministic else None
+        noise = torch.zeros(B, n, cfg.chunk_dim, device=obs.device) if deterministic else None
         a = self.sample(obs, n, noise=noise, generator=generator)
         if n == 1:
             return a[:, 0]
         best, _ = select_best(sel.critic, obs, a.reshape(B, n, cfg.chunk_dim), sel.critic_agg)
         return best.reshape(B, cfg.horizon, cfg.action_dim)
+
+
+def _draw(fn, shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """torch.randn/rand from `generator` (on the generator's own device, so a CPU generator gives the same
+    numbers for a CUDA policy), placed on `device`."""
+    if generator is None or generator.device == device:
+        return fn(shape, generator=generator, dtype=dtype, device=device)
+    return fn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
 
 
 # ------------------------------------------------------------------------------------------ serialisation
@@ -274,13 +290,17 @@ def _check_best_of_n(sel: Mapping[str, Any], cfg: FlowPolicyConfig) -> None:
         raise ValueError(f'policy weights: best_of_n spec does not fit the actor: {dict(sel)}')
 
 
-def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None = None) -> FlowChunkPolicy:
+def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None = None,
+                      device: str | torch.device = 'cpu') -> FlowChunkPolicy:
     """Rebuild a FlowChunkPolicy from `weights_to_bytes` output (metadata as dict or JSON string).
 
     Checks: format, checksum (when given), config agreement between metadata and header, exact tensor
-    names/shapes, finiteness. Raises ValueError on any mismatch.
+    names/shapes, finiteness. Raises ValueError on any mismatch. The policy (and a best-of-N critic) is
+    rebuilt on the CPU and then moved to `device` ('cpu' | 'auto' | 'cuda' | 'cuda:N'; an unavailable CUDA
+    device is a ValueError before the payload is parsed).
     """
     from safetensors.torch import load as st_load
+    dev = resolve_device(device, 'policy device')
     if isinstance(metadata, str):
         metadata = json.loads(metadata) if metadata else {}
     metadata = dict(metadata or {})
@@ -328,6 +348,10 @@ def policy_from_bytes(payload: bytes, metadata: Mapping[str, Any] | str | None =
         raise ValueError('policy weights: tensor names/shapes do not match the config')
     policy.load_state_dict(state, strict=True)
     policy.eval()
+    if dev.type != 'cpu':
+        policy.to(dev)                     # best_of_n's critic is not a submodule: move it too
+        if policy.best_of_n is not None:
+            policy.best_of_n.critic.to(dev)
     return policy
 
 

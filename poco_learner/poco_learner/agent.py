@@ -23,16 +23,25 @@ Choices the paper leaves open (documented here, configurable):
   - the data BC term ignores actions padded past an episode end (`mask_padded_actions`).
 
 Speed (CPU, see benchmarks/bench_update.py): states are encoded once per update and shared by all candidates
-and flow steps; the E-step (sampling + candidate Q) and the candidate-loss pass run in bf16 when the CPU has
-native bf16; candidates whose weight is below `candidate_weight_floor` are left out of the M-step.
+and flow steps; the E-step (sampling + candidate Q) and the candidate-loss pass run in bf16 when the device has
+native bf16 (AVX512-BF16/AMX CPUs, CUDA GPUs of compute capability >= 8); candidates whose weight is below
+`candidate_weight_floor` are left out of the M-step.
+
+Device (`device`: 'auto' | 'cpu' | 'cuda' | 'cuda:N', poco_policy.device): networks are initialised on the CPU
+(same seed, same weights on any machine) and moved; optimiser state, RNGs and every per-update tensor live on
+that device, numpy batches are moved there in `_batch`. Checkpoints and shipped weights are written from CPU
+copies (CPU-loadable safetensors). The device is where THIS process runs, not a property of the checkpoint:
+`Agent.load` takes it from its `device` override, else 'auto'.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -44,8 +53,8 @@ from poco_policy.config import derived
 from poco_policy.config import from_dict as config_from_dict
 from poco_policy.chunk_critic import ChunkCritic, select_best
 from poco_policy.chunk_critic import aggregate as _agg
-from poco_policy.flow_policy import (FlowChunkPolicy, FlowPolicyConfig, bf16_autocast, check_finite,
-                                     cpu_supports_bf16)
+from poco_policy.device import check_device_spec, resolve_device, supports_bf16
+from poco_policy.flow_policy import FlowChunkPolicy, FlowPolicyConfig, bf16_autocast, check_finite
 
 ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
 BC_DATA = ('buffer', 'demos', 'success')
@@ -90,6 +99,7 @@ class AgentConfig:
     # drags the policy down; 'demos' keeps the anchor on the expert data (measured in the sim main job).
     bc_data: str = 'buffer'
     # speed
+    device: str = 'auto'                                # 'auto' (CUDA if available, else CPU) | 'cpu' | 'cuda[:N]'
     bf16_sampling: bool = True                          # E-step candidates under bf16 autocast (if the CPU has it)
     bf16_candidate_loss: bool = True                    # M-step candidate-loss forward/backward under bf16
     bf16_critic_estep: bool = True                      # E-step Q of the candidates in bf16 (see estep())
@@ -116,6 +126,7 @@ class AgentConfig:
             raise ValueError(f'AgentConfig: bad eta/zeta/beta/tau/gamma in {self}')
         self.actor_hidden_dims = tuple(int(h) for h in self.actor_hidden_dims)
         self.critic_hidden_dims = tuple(int(h) for h in self.critic_hidden_dims)
+        self.device = check_device_spec(self.device, 'AgentConfig.device')   # availability: Agent.__init__
         return self
 
     def policy_config(self) -> FlowPolicyConfig:
@@ -168,19 +179,23 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg.validate()
+        self.device = dev = resolve_device(cfg.device, 'AgentConfig.device')   # one-line ValueError if absent
         self.chunk_dim = cfg.horizon * cfg.action_dim
         with torch.random.fork_rng(devices=[]):        # seeded init without touching the caller's global RNG
             torch.manual_seed(cfg.seed)
             self.actor = FlowChunkPolicy(cfg.policy_config())
             self.critic = ChunkCritic(cfg.obs_dim, self.chunk_dim, tuple(cfg.critic_hidden_dims), cfg.num_critics)
+        self.actor.to(dev)                             # initialised on the CPU: same weights on any device
+        self.critic.to(dev)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.gen = torch.Generator().manual_seed(cfg.seed * 2 + 1)       # learning randomness
-        self.act_gen = torch.Generator().manual_seed(cfg.seed * 2 + 2)   # acting randomness (separate stream)
-        self.bf16 = bool(cfg.bf16_sampling and cpu_supports_bf16())
-        self.bf16_cand = bool(cfg.bf16_candidate_loss and cpu_supports_bf16())
-        self.bf16_critic = bool(cfg.bf16_critic_estep and cpu_supports_bf16())
+        self.gen = torch.Generator(dev).manual_seed(cfg.seed * 2 + 1)       # learning randomness
+        self.act_gen = torch.Generator(dev).manual_seed(cfg.seed * 2 + 2)   # acting randomness (separate stream)
+        native_bf16 = supports_bf16(dev)               # AVX512-BF16/AMX CPU, or a CUDA GPU with sm >= 80
+        self.bf16 = bool(cfg.bf16_sampling and native_bf16)
+        self.bf16_cand = bool(cfg.bf16_candidate_loss and native_bf16)
+        self.bf16_critic = bool(cfg.bf16_critic_estep and native_bf16)
         self.counters = dict(pretrain_steps=0, online_updates=0, actor_updates=0, policy_version=0,
                              nonfinite_skips=0)
 
@@ -191,7 +206,8 @@ class Agent:
 
     def _batch(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        out = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in batch.items()
+        out = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device)
+               for k, v in batch.items()
                if k in ('obs', 'actions', 'rewards', 'valid', 'returns', 'next_obs', 'discount', 'is_demo',
                         'is_success')}
         a = out.get('actions')
@@ -230,8 +246,8 @@ class Agent:
         """N chunks per state from the current actor, [B, N, T*A] (state encoded once)."""
         B = obs.shape[0]
         gen = self.gen if generator is None else generator
-        noise = (torch.zeros((B, n, self.chunk_dim)) if deterministic
-                 else torch.randn((B, n, self.chunk_dim), generator=gen))
+        noise = (torch.zeros((B, n, self.chunk_dim), device=obs.device) if deterministic
+                 else torch.randn((B, n, self.chunk_dim), generator=gen, device=gen.device).to(obs.device))
         a = self.actor.sample(obs, n, noise=noise, bf16=self.bf16 if bf16 is None else bf16)
         return a.reshape(B, n, self.chunk_dim)
 
@@ -332,16 +348,16 @@ class Agent:
         B, N = b['obs'].shape[0], cfg.num_candidates
         cands, q, w = self.estep(b['obs'])
         # noise and flow times for all candidates are drawn up front, so pruning never changes the others'
-        a0 = torch.randn(cands.shape, generator=self.gen)
-        mt = torch.rand((B, N), generator=self.gen)
+        a0 = torch.randn(cands.shape, generator=self.gen, device=self.device)
+        mt = torch.rand((B, N), generator=self.gen, device=self.device)
         h_obs = self.actor.encode_obs(b['obs'])                              # shared by both BC terms
         l_data = self._data_bc_loss(b, h_obs=h_obs, online=True)             # [B]
         if cfg.candidate_weight_floor > 0:
             ib, ij = (w > cfg.candidate_weight_floor).nonzero(as_tuple=True)  # kept (state, candidate) pairs
         else:
-            ib = torch.arange(B).repeat_interleave(N)
-            ij = torch.arange(N).repeat(B)
-        with bf16_autocast(self.bf16_cand):
+            ib = torch.arange(B, device=self.device).repeat_interleave(N)
+            ij = torch.arange(N, device=self.device).repeat(B)
+        with bf16_autocast(self.bf16_cand, self.device.type):
             l_cand = self.actor.bc_loss(None, cands[ib, ij], noise=a0[ib, ij], m=mt[ib, ij],
                                         h_obs=h_obs.index_select(0, ib))     # [R] fp32
         w_kept = w[ib, ij]
@@ -361,7 +377,7 @@ class Agent:
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Normalised chunk(s) for obs [D] -> [T, A] or [B, D] -> [B, T, A]. deterministic = zero noise."""
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         single = x.dim() == 1
         x = x.reshape(1, -1) if single else x
         if x.shape[-1] != self.cfg.obs_dim:
@@ -370,7 +386,7 @@ class Agent:
             a, _ = self._best_of_n(x, self.critic, generator=self.act_gen, deterministic=deterministic)
         else:
             a = self.sample_candidates(x, 1, bf16=False, generator=self.act_gen, deterministic=deterministic)[:, 0]
-        a = a.reshape(-1, self.cfg.horizon, self.cfg.action_dim).numpy()
+        a = a.reshape(-1, self.cfg.horizon, self.cfg.action_dim).cpu().numpy()
         return a[0] if single else a
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -382,21 +398,22 @@ class Agent:
         tensors: dict[str, torch.Tensor] = {}
         for name, mod in (('actor', self.actor), ('critic', self.critic), ('critic_target', self.critic_target)):
             for k, v in mod.state_dict().items():
-                tensors[f'{name}.{k}'] = v.detach().clone().contiguous()
+                tensors[f'{name}.{k}'] = v.detach().to('cpu', copy=True).contiguous()
         meta: dict[str, Any] = {'format': CHECKPOINT_FORMAT, 'config': self.cfg.to_json_dict(),
-                                'counters': dict(self.counters), **dict(extra or {})}
+                                'counters': dict(self.counters), 'rng_device': self.gen.device.type,
+                                **dict(extra or {})}
         for name, opt in (('actor_opt', self.actor_opt), ('critic_opt', self.critic_opt)):
             sd = opt.state_dict()
             scalars: dict[str, dict[str, Any]] = {}
             for idx, st in sd['state'].items():
                 for k, v in st.items():
                     if torch.is_tensor(v):
-                        tensors[f'{name}.state.{idx}.{k}'] = v.detach().clone().contiguous()
+                        tensors[f'{name}.state.{idx}.{k}'] = v.detach().to('cpu', copy=True).contiguous()
                     else:
                         scalars.setdefault(str(idx), {})[k] = v
             meta[name] = {'param_groups': sd['param_groups'], 'scalars': scalars}
-        tensors['rng.gen'] = self.gen.get_state()
-        tensors['rng.act_gen'] = self.act_gen.get_state()
+        tensors['rng.gen'] = self.gen.get_state().cpu()           # get_state is a CPU byte tensor anyway
+        tensors['rng.act_gen'] = self.act_gen.get_state().cpu()
         check_finite({k: v for k, v in tensors.items() if not k.startswith('rng.')}, 'agent checkpoint')
         st_path, js_path = f'{path_prefix}.safetensors', f'{path_prefix}.json'
         d = os.path.dirname(os.path.abspath(st_path))
@@ -408,7 +425,13 @@ class Agent:
     @classmethod
     def load(cls, path_prefix: str, **overrides: Any) -> 'Agent':
         """Restore a `save`d agent. Overrides change non-architectural settings (e.g. algorithm, eta, zeta,
-        learning rates, warm-up length) for a new phase; without overrides training resumes bit-identically."""
+        learning rates, warm-up length) for a new phase; without overrides training resumes bit-identically
+        (on the same kind of device).
+
+        The device is not taken from the checkpoint (a GPU server's checkpoint must load on a CPU-only
+        machine): it is the `device` override, else 'auto'. RNG states do not carry across device kinds
+        (CPU and CUDA generators differ); loading on another kind reseeds both generators from the saved
+        states (deterministic) and warns."""
         from safetensors.torch import load_file
         with open(f'{path_prefix}.json') as f:
             meta = json.load(f)
@@ -416,7 +439,7 @@ class Agent:
             raise ValueError(f'{path_prefix}.json: not a {CHECKPOINT_FORMAT} checkpoint')
         tensors = load_file(f'{path_prefix}.safetensors')
         saved = AgentConfig.from_json_dict(meta['config'])
-        cfg = dataclasses.replace(saved, **overrides) if overrides else saved
+        cfg = dataclasses.replace(saved, **{'device': 'auto', **overrides})
         for k in ARCHITECTURE_KEYS:
             if tuple(np.atleast_1d(getattr(cfg, k))) != tuple(np.atleast_1d(getattr(saved, k))):
                 raise ValueError(f'Agent.load: {k} is fixed by the checkpoint ({getattr(saved, k)}), '
@@ -440,8 +463,16 @@ class Agent:
         for opt, lr in ((agent.actor_opt, cfg.actor_lr), (agent.critic_opt, cfg.critic_lr)):
             for g in opt.param_groups:      # an lr override must win over the saved optimiser state
                 g['lr'] = lr
-        agent.gen.set_state(tensors['rng.gen'])
-        agent.act_gen.set_state(tensors['rng.act_gen'])
+        if meta.get('rng_device', 'cpu') == agent.gen.device.type:
+            agent.gen.set_state(tensors['rng.gen'])
+            agent.act_gen.set_state(tensors['rng.act_gen'])
+        else:
+            for gen, key in ((agent.gen, 'rng.gen'), (agent.act_gen, 'rng.act_gen')):
+                digest = hashlib.sha256(tensors[key].numpy().tobytes()).digest()
+                gen.manual_seed(int.from_bytes(digest[:8], 'little') & (2 ** 63 - 1))
+            warnings.warn(f"Agent.load: {path_prefix} saved its RNG on {meta['rng_device']!r}, this agent runs on "
+                          f"{agent.device.type!r}: generators reseeded from the saved states (training continues, "
+                          f'not bit-identically)', stacklevel=2)
         agent.counters.update(meta['counters'])
         return agent
 

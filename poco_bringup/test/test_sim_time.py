@@ -32,7 +32,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from poco_msgs.msg import LearnerPace, PolicyTick  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-PACE_TIMEOUT_S = 1.0
+PACE_TIMEOUT_S = 2.0  # generous: a busy CI machine must not make the test's stand-in learner look dead
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
@@ -198,7 +198,7 @@ def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path)
         c1, w1 = t.sim_seconds(), time.monotonic()
         t.spin(2.0, procs)
         rate = (t.sim_seconds() - c1) / (time.monotonic() - w1)
-        assert 0.7 < rate < 1.3, f'without a policy the sim should run at real time, ran x{rate:.2f}'
+        assert 0.5 < rate < 1.5, f'without a policy the sim should run at real time, ran x{rate:.2f}'
         policy.signal(signal.SIGCONT)
         n_ack = len(t.acks)
         assert t.spin(10, procs, lambda: len(t.acks) > n_ack + 30), 'lockstep did not resume with the policy'

@@ -27,6 +27,7 @@ learner is down (the sim stops waiting for it after pace_timeout_s), and a resta
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -43,6 +44,9 @@ SIM_TIME_ENV = {'POCO_USE_SIM_TIME': '1'}  # poco_policy.runtime.SIM_TIME_ENV
 # clock). pace_timeout_s: wall seconds without an acknowledgement / pace message before the sim stops waiting
 # for that node (a dead learner must not stop the robot; without a policy the sim runs at real time).
 SIM_CLOCK = {'sim_time': True, 'pacing': True, 'pace_timeout_s': 1.0, 'max_real_time_factor': 0.0}
+# The learner's hyper-parameter preset per graph (a graph default: real.yaml, params files, --preset win):
+# the sim main job's CPU preset; the real graph's comes from real.yaml (the paper's real-robot Table III).
+SIM_LEARNER = {'preset': 'sim_cpu'}
 
 
 @dataclass
@@ -80,7 +84,8 @@ class NodeSpec:
                                   output='screen', emulate_tty=True)
         if self.namespace.strip('/'):  # omitted when empty so an enclosing PushRosNamespace still applies
             kw['namespace'] = '/' + self.namespace.strip('/')
-        params = [str(p) if not isinstance(p, dict) else p for p in self.parameters]
+        params = [_defaults_file(p, self.fqn) if isinstance(p, rosparams.GraphDefaults)
+                  else str(p) if not isinstance(p, dict) else p for p in self.parameters]
         if params:
             kw['parameters'] = params
         if self.remappings:
@@ -90,6 +95,19 @@ class NodeSpec:
         if self.env:
             kw['additional_env'] = dict(self.env)
         return kw
+
+
+def _defaults_file(p: 'rosparams.GraphDefaults', fqn: str) -> str:
+    # launch_ros would put a dict under the node's own section; defaults need the `/**/<name>` one
+    import hashlib
+    import tempfile
+    text = rosparams.params_file_text(p.section(fqn), rosparams.flatten(p), '# graph defaults\n')
+    path = Path(tempfile.gettempdir()) / f'poco_defaults_{hashlib.sha1(text.encode()).hexdigest()[:16]}.yaml'
+    if not path.exists():  # content-addressed: the same defaults give the same file
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp')
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def _arg(default, help_: str, choices: Sequence[str] = ()):
@@ -239,8 +257,23 @@ def _finish(specs: list[NodeSpec], a: GraphArgs, files: list[Path]) -> list[Node
         specs.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
     if a.rviz:
         specs.append(_rviz(a))
-    return apply_overrides(specs, a.overrides,
-                           {s.name: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
+    specs = apply_overrides(specs, a.overrides,
+                            {s.name: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
+    return _episode_length_from_preset(specs)
+
+
+def _episode_length_from_preset(specs: list[NodeSpec]) -> list[NodeSpec]:
+    """The policy's episode length H comes from the learner's preset (or its explicit agent.max_episode_steps),
+    as a graph default: a params file or --set policy.max_episode_steps still wins."""
+    from poco_learner.presets import PRESETS  # plain data, no torch
+    by_name = {s.name: s for s in specs}
+    if 'learner' not in by_name or 'policy' not in by_name:
+        return specs
+    lrn = by_name['learner'].effective_parameters()
+    H = lrn.get('agent.max_episode_steps') or PRESETS.get(lrn.get('preset', ''), {}).get('max_episode_steps')
+    if H:
+        by_name['policy'].parameters.insert(0, rosparams.GraphDefaults(max_episode_steps=int(H)))
+    return specs
 
 
 def _node(package: str, executable: str, name: str, a: GraphArgs, files: list[Path]) -> NodeSpec:
@@ -278,11 +311,13 @@ def sim_graph(**kw) -> list[NodeSpec]:
         raise ValueError(f'unknown obs_mode {a.obs_mode!r}; known: {OBS_MODES}')
     files = _config_files(a)
     sim = _node('poco_sim', 'sim_node', 'sim', a, files)
-    sim.parameters.insert(0, dict(SIM_CLOCK))  # graph defaults: every params file may change them
+    sim.parameters.insert(0, rosparams.GraphDefaults(SIM_CLOCK))  # graph defaults: every params file may change them
+    learner = _learner(a, files)
+    learner.parameters.insert(0, rosparams.GraphDefaults(SIM_LEARNER))
     specs = [
         sim,
         _node('poco_policy', 'policy_node', 'policy', a, files),
-        _learner(a, files),
+        learner,
     ]
     return _on_sim_time(_finish(specs, a, files))
 

@@ -116,6 +116,18 @@ def _sections(key: str, body: Any, path) -> dict[str, Params]:
     return out
 
 
+class GraphDefaults(dict):
+    """Parameters a graph gives a node *below* every params file (a file, --params-file or --set changes them).
+
+    rcl applies a node's matching sections in order of first appearance and merges all sources into one table
+    of sections, so a plain dict at the front would open the node's own FQN section first and later per-run
+    values (also that section) would then lose to the files. Defaults therefore live in the `/**/<name>`
+    section, the same one the package files use: a later file overwrites them within that section."""
+
+    def section(self, node_fqn: str) -> str:
+        return '/**/' + node_fqn.rstrip('/').rsplit('/', 1)[-1]
+
+
 def merge_sources(sources: Iterable[str | Path | Mapping[str, Any]], node_fqn: str) -> Params:
     """Effective parameters of node `node_fqn` given launch-style parameter sources, in order.
 
@@ -130,7 +142,9 @@ def merge_traced(sources: Iterable[str | Path | Mapping[str, Any]], node_fqn: st
     path, or the dict itself for per-run parameter dicts)."""
     table: dict[str, dict[str, tuple[Any, Any]]] = {}
     for src in sources:
-        if isinstance(src, Mapping):
+        if isinstance(src, GraphDefaults):
+            sections = {src.section(node_fqn): flatten(src)}
+        elif isinstance(src, Mapping):
             sections = {node_fqn: flatten(src)}
         else:
             sections = load_params_file(src)

@@ -136,9 +136,14 @@ def write_params(spec: NodeSpec, params_dir: Path) -> tuple[list[str], Path]:
     """Params files for the command line (dicts written like launch_ros does) + the effective-params file."""
     params_dir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
-    n_dicts = sum(isinstance(p, dict) for p in spec.parameters)
+    n_dicts = sum(isinstance(p, dict) and not isinstance(p, rosparams.GraphDefaults) for p in spec.parameters)
     for i, p in enumerate(spec.parameters):
-        if isinstance(p, dict):
+        if isinstance(p, rosparams.GraphDefaults):
+            path = params_dir / f'{spec.name}.defaults.yaml'
+            path.write_text(rosparams.params_file_text(
+                p.section(spec.fqn), rosparams.flatten(p), '# graph defaults (below every params file)\n'))
+            files.append(str(path))
+        elif isinstance(p, dict):
             tag = 'run' if n_dicts == 1 else f'run{i}'
             path = params_dir / f'{spec.name}.{tag}.yaml'
             path.write_text(rosparams.params_file_text(
@@ -149,7 +154,18 @@ def write_params(spec: NodeSpec, params_dir: Path) -> tuple[list[str], Path]:
     effective = params_dir / f'{spec.name}.effective.yaml'
     header = ('# Effective parameter overrides of %s, merged from (in order):\n%s'
               % (spec.fqn, ''.join(f'#   {f}\n' for f in files)))
-    effective.write_text(rosparams.params_file_text(spec.fqn, rosparams.merge_sources(files, spec.fqn), header))
+    params = rosparams.merge_sources(files, spec.fqn)
+    effective.write_text(rosparams.params_file_text(spec.fqn, params, header))
+    if (spec.package, spec.executable) == ('poco_learner', 'learner_node'):
+        # the learner fills every agent value the files leave open from its preset: show what it trains with
+        from poco_learner.learner import effective_parameters
+        try:
+            resolved = effective_parameters(params)
+        except (KeyError, ValueError) as e:
+            raise UsageError(f'{spec.name}: {e.args[0] if e.args else e}')
+        (params_dir / f'{spec.name}.config.yaml').write_text(rosparams.params_file_text(
+            spec.fqn, resolved, '# The configuration the learner trains with: the effective parameters above with\n'
+            '# every agent.* value resolved (AgentConfig defaults <- preset <- explicit values).\n'))
     return files, effective
 
 

@@ -270,3 +270,23 @@ def test_rviz_config_shows_the_topics():
     assert displays['rviz_default_plugins/MarkerArray'] == ['/poco/chunk_markers']
     assert set(displays['rviz_default_plugins/Marker']) == {'/poco/safety_box', '/poco/status_marker'}
     assert cfg['Visualization Manager']['Global Options']['Fixed Frame'] == 'base_link'
+
+
+def test_graph_defaults_sit_below_files_and_overrides(tmp_path):
+    """Graph defaults (the sim's clock settings, the learner's preset, the policy's H from that preset) live in
+    the `/**/<name>` section, so package files, user files and --set all beat them, exactly as rcl merges."""
+    user = tmp_path / 'mine.yaml'
+    user.write_text('/**/sim:\n  ros__parameters:\n    pace_timeout_s: 3.0\n')
+    specs = {s.name: s for s in graph.sim_graph(obs_mode='state', params_files=[str(user)],
+                                                 overrides=['sim.image_size=64', 'policy.max_joint_delta=0.04'])}
+    sim = specs['sim'].effective_parameters()
+    assert sim['image_size'] == 64                      # --set beats cameras.yaml despite the sim's defaults
+    assert sim['pacing'] is True and sim['pace_timeout_s'] == 3.0   # default kept / a user file beats it
+    assert specs['policy'].effective_parameters()['max_joint_delta'] == 0.04
+    assert specs['policy'].effective_parameters()['max_episode_steps'] == 100      # sim_cpu's H
+    real = {s.name: s for s in graph.real_graph()}
+    assert real['learner'].effective_parameters()['preset'] == 'table3_pick_cube'
+    assert real['policy'].effective_parameters()['max_episode_steps'] == 200       # Table III pick_cube H
+    over = {s.name: s for s in graph.sim_graph(preset='table3_pick_cube', overrides=['policy.max_episode_steps=33'])}
+    assert over['learner'].effective_parameters()['preset'] == 'table3_pick_cube'
+    assert over['policy'].effective_parameters()['max_episode_steps'] == 33

@@ -242,12 +242,19 @@ def test_good_set_passes_dry_run_typed_like_the_parameter(tmp):
     run = tmp / 'run'
     rc, out, err, _ = run_cli(tmp, 'real', '--dry-run', '--run-dir', str(run),
                               '--set', 'policy.max_joint_delta=0.04', '--set', 'policy.staleness_s=1',
-                              '--set', 'learner.preset=123', '--set', 'policy.joint_lower=[-3,-2,-2,-3,-2,-3]')
+                              '--set', 'learner.demo_dataset=123', '--set', 'policy.joint_lower=[-3,-2,-2,-3,-2,-3]')
     assert rc == 0, out + err
     pol = rosparams.load_params_file(run / 'params' / 'policy.effective.yaml')['/policy']
     assert pol['max_joint_delta'] == 0.04 and pol['staleness_s'] == 1.0 and isinstance(pol['staleness_s'], float)
     assert pol['joint_lower'] == [-3.0, -2.0, -2.0, -3.0, -2.0, -3.0]
-    assert rosparams.load_params_file(run / 'params' / 'learner.effective.yaml')['/learner']['preset'] == '123'
+    assert rosparams.load_params_file(run / 'params' / 'learner.effective.yaml')['/learner']['demo_dataset'] == '123'
+    # the real graph trains with the paper's real-robot preset (Table III, pick_cube), resolved before any start
+    cfg = rosparams.load_params_file(run / 'params' / 'learner.config.yaml')['/learner']
+    assert (cfg['preset'], cfg['agent.horizon'], cfg['agent.batch_size'], cfg['agent.num_candidates'],
+            cfg['agent.actor_hidden_dims'], cfg['agent.critic_warmup_steps'], cfg['agent.eta'], cfg['agent.zeta'],
+            cfg['agent.max_episode_steps']) == ('table3_pick_cube', 4, 256, 32, [512] * 4, 5000, 0.001, 0.1, 200)
+    rc, out, err, _ = run_cli(tmp, 'sim', '--dry-run', '--run-dir', str(tmp / 'sim'), '--set', 'learner.preset=123')
+    assert rc == 2 and "unknown agent preset '123'" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_params_file_names_file_and_parameters(tmp):

@@ -38,7 +38,7 @@ class LearnerConfig:
     run_dir: str = 'runs/default'        # buffer/, checkpoints/, learner_state.json
     demo_dataset: str = ''               # episode dataset directory loaded as demos (once per run dir)
     initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
-    preset: str = 'sim_cpu'              # agent preset ('' = AgentConfig defaults, i.e. the paper's sizes)
+    preset: str = ''                     # agent preset (poco_learner/presets.py); '' = AgentConfig defaults
     obs_mode: str = 'pixels'
     max_joint_delta: float = 0.05        # rad per tick: the action normalisation (must equal the policy's)
     utd_ratio: float = 1.0               # gradient updates per new online env step (critic warm-up included)
@@ -77,6 +77,17 @@ def resolve_agent_config(cfg: LearnerConfig, explicit: Optional[Iterable[str]] =
     if cfg.preset:
         return AgentConfig.from_preset(cfg.preset, **over)
     return dataclasses.replace(default, **over)
+
+
+def effective_parameters(params: dict) -> dict:
+    """A learner's ROS parameters (flat, dotted) with every `agent.*` value resolved (defaults <- preset <-
+    the given values): what the node will train with. The runner writes it to params/learner.effective.yaml."""
+    from poco_policy.config import flat_dict, from_dict
+    cfg = from_dict(LearnerConfig, dict(params))
+    agent = resolve_agent_config(cfg, explicit=set(params))
+    out = dict(params)
+    out.update({f'agent.{k}': v for k, v in flat_dict(agent).items()})
+    return out
 
 
 class Learner:

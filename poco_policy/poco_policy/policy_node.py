@@ -77,7 +77,7 @@ class PolicyNodeConfig:
     home_tolerance: float = 0.02        # rad: home reached
     eval_every: int = 5                 # every k-th episode is an evaluation episode (0 = never)
     initial_eval_episodes: int = 0      # the first n episodes evaluate the starting (pre-trained) policy
-    eval_deterministic: bool = True     # evaluation at zero initial noise; False = sample like training
+    eval_deterministic: bool = False    # True: evaluate from zero initial noise (not the policy POCO trains, docs/learning.md)
     mode: str = 'train'                 # 'train' | 'eval' | 'hold'
     initial_weights: str = ''           # actor safetensors to start from ('' = wait for the learner)
     reset_timeout_s: float = 10.0

@@ -2,20 +2,24 @@
 # The sim main job (`make run ARGS="..."`): scripted demos -> offline pre-training -> online POCO
 # fine-tuning in MuJoCo, with a progress line, episodes.csv / learner.csv and learning_curve.png.
 #
-#   bash scripts/run_sim.sh [--duration 30m] [--task pick_cube|peg_insert] [--obs-mode pixels|state]
-#                           [--episodes 5] [--noise 0|STD|noisy] [--seed 0] [--algorithm poco] [--run-dir DIR]
-#                           [--demos DIR] [--dry-run] [-- <more `run sim` options, e.g. --set node.p=v>]
-# Each option also reads an environment variable: DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM
-# RUN_DIR DEMOS. --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and
-# still prints where the results are.
+#   bash scripts/run_sim.sh [--env-steps 20000] [--duration WALL] [--task pick_cube|peg_insert]
+#                           [--obs-mode pixels|state] [--episodes 10] [--noise 0|STD|noisy] [--seed 4]
+#                           [--algorithm poco] [--run-dir DIR] [--demos DIR] [--dry-run]
+#                           [-- <more `run sim` options, e.g. --set node.p=v>]
+# The budget is in env steps (sim time): the sim waits for the learner, so the same run takes longer on a
+# slower CPU and gives the same curve; --duration adds a wall-clock limit. Each option also reads an
+# environment variable: ENV_STEPS DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM RUN_DIR DEMOS.
+# --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and still prints where
+# the results are.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-DURATION="${DURATION:-30m}"
+ENV_STEPS="${ENV_STEPS:-20000}"  # executed env steps (training + evaluation episodes); 0 = no step budget
+DURATION="${DURATION:-}"          # wall-clock limit ('' = none)
 TASK="${TASK:-pick_cube}"
 OBS_MODE="${OBS_MODE:-state}"  # state: privileged sim state (fast on 2 CPU cores); pixels: the cameras
-EPISODES="${EPISODES:-5}"
+EPISODES="${EPISODES:-10}"
 NOISE="${NOISE:-0}"  # expert action noise std (fraction of max delta), or "noisy" = the task preset (~70 % success)
 SEED="${SEED:-4}"
 ALGORITHM="${ALGORITHM:-poco}"
@@ -28,6 +32,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 need() { [ "$#" -ge 2 ] && [ -n "$2" ] || { echo "run_sim: $1 needs a value" >&2; exit 2; }; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
+    --env-steps) need "$@"; ENV_STEPS="$2"; shift 2 ;;
     --duration)  need "$@"; DURATION="$2"; shift 2 ;;
     --task)      need "$@"; TASK="$2"; shift 2 ;;
     --obs-mode)  need "$@"; OBS_MODE="$2"; shift 2 ;;
@@ -55,7 +60,7 @@ RUN_DIR="${RUN_DIR:-runs/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RUN_DIR"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 say() { echo "[run_sim] $*"; }
-say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM duration=$DURATION"
+say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM env_steps=$ENV_STEPS duration=${DURATION:-none}"
 
 # 1) scripted demonstrations (the sim's expert with noise), unless a dataset was given
 if [ -z "$DEMOS" ]; then
@@ -77,8 +82,10 @@ else
 fi
 
 # 2) the graph: sim + policy + learner (pre-trains on the demos, then fine-tunes online) + monitor
-RUN=(install/poco_bringup/lib/poco_bringup/run sim --duration "$DURATION" --run-dir "$RUN_DIR"
-     --task "$TASK" --obs-mode "$OBS_MODE" --algorithm "$ALGORITHM" --seed "$SEED" --demo-dataset "$DEMOS")
+RUN=(install/poco_bringup/lib/poco_bringup/run sim --run-dir "$RUN_DIR"
+     --task "$TASK" --obs-mode "$OBS_MODE" --algorithm "$ALGORITHM" --seed "$SEED" --demo-dataset "$DEMOS"
+     --set "monitor.stop_after_steps=$ENV_STEPS")
+[ -n "$DURATION" ] && RUN+=(--duration "$DURATION")
 [ "$DRY_RUN" = 1 ] && RUN+=(--dry-run)
 RUN+=(${EXTRA[@]+"${EXTRA[@]}"})
 say "starting: ${RUN[*]}"

@@ -40,6 +40,9 @@ class MonitorNodeConfig:
     eval_window: int = 10             # min evaluation episodes per learning-curve point
     status_marker: bool = True       # publish poco/status_marker (TEXT_VIEW_FACING) for rviz
     base_frame: str = 'base_link'
+    # > 0: end the run (the monitor exits cleanly, the runner stops the graph) once the finished episodes hold
+    # this many executed steps, training and evaluation (the budget of the sim main job and of the harness)
+    stop_after_steps: int = 0
 
 
 def _reliable(depth: int) -> QoSProfile:
@@ -90,6 +93,11 @@ class MonitorNode(Node):
             self._dirty = True
             self.progress(f'{"eval" if row["evaluation"] else "train"} ep {row["episode_id"]} '
                           f'{row["outcome"]} in {row["steps"]} steps')
+            budget = self.cfg.stop_after_steps
+            if budget > 0 and self.episodes.total_steps >= budget:
+                self.get_logger().info(f'step budget reached: {self.episodes.total_steps} >= {budget} env steps; '
+                                       'ending the run')
+                raise SystemExit(0)     # out of spin; main() finalises (plot, CSVs) and exits 0
         if self.episodes.log.error:
             self.get_logger().error(f'cannot write {self.csv_path}: {self.episodes.log.error}',
                                     throttle_duration_sec=30.0)

@@ -120,3 +120,32 @@ def test_monitor_node_writes_csv_and_plot(procs, ros, domain, tmp_path_factory):
     assert learner_rows[0]['critic_loss'] == 'nan' and learner_rows[0]['phase'] == 'poco '
     assert (run_dir / 'learning_curve.png').stat().st_size > 10_000
     assert wait_for(lambda: not list(run_dir.glob('.*.tmp')), 1)
+
+
+def test_monitor_ends_the_run_at_the_step_budget(procs, ros, domain, tmp_path_factory):
+    """stop_after_steps (the main job's env-step budget): the monitor finishes its files and exits 0 by
+    itself once the finished episodes (training + evaluation) hold that many steps; not before."""
+    run_dir = make_tmp(tmp_path_factory, 'budget')
+    node, ex = ros
+    spec = next(s for s in graph.sim_graph(run_dir=str(run_dir)) if s.name == 'monitor')
+    files, _ = runner.write_params(spec, run_dir / 'params')
+    cmd = runner.build_command(spec, files) + ['-p', 'stop_after_steps:=120']
+    mon = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ros_env(domain))
+    ev_pub = node.create_publisher(EpisodeEvent, 'poco/episode_event', reliable(100))
+    end = time.monotonic() + 30
+    while ev_pub.get_subscription_count() == 0 and time.monotonic() < end:
+        ex.spin_once(timeout_sec=0.05)
+    assert ev_pub.get_subscription_count() > 0, 'monitor never subscribed'
+    for m in [event(1, EpisodeEvent.START), event(1, EpisodeEvent.SUCCESS, 50),
+              event(2, EpisodeEvent.START, evaluation=True), event(2, EpisodeEvent.TIMEOUT, 50, True)]:
+        ev_pub.publish(m)
+    episodes = run_dir / 'episodes.csv'
+    assert wait_for(lambda: len(csv_rows(episodes)) == 2, 20)
+    time.sleep(1.0)
+    assert mon.poll() is None                          # 100 steps < 120: keeps running
+    ev_pub.publish(event(3, EpisodeEvent.START))
+    ev_pub.publish(event(3, EpisodeEvent.FAILURE, 30))
+    out, _ = mon.communicate(timeout=30)
+    assert mon.returncode == 0, out
+    assert 'step budget reached: 130 >= 120' in out
+    assert len(csv_rows(episodes)) == 3 and (run_dir / 'learning_curve.png').exists()

@@ -356,10 +356,12 @@ def test_run_sim_script_dry_run(tmp):
     assert f'collect_demos --task pick_cube --obs-mode state --episodes 4 --out {tmp}/r/demos' in r.stdout
     learner = (tmp / 'r' / 'params' / 'learner.run.yaml').read_text()
     assert f'demo_dataset: {tmp}/r/demos' in learner and 'utd_ratio: 3.0' in learner
-    assert 'duration 1800 s' in r.stdout  # default 30 min
+    assert 'until Ctrl-C' in r.stdout      # no wall-clock limit by default: the budget is in env steps
+    mon = (tmp / 'r' / 'params' / 'monitor.run.yaml').read_text()
+    assert 'stop_after_steps: 20000' in mon   # default budget: 20k env steps of sim time
     assert f'results in {tmp}/r' in r.stdout
     h = subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--help'], capture_output=True, text=True)
-    assert h.returncode == 0 and '--duration' in h.stdout and 'set -euo' not in h.stdout
+    assert h.returncode == 0 and '--env-steps' in h.stdout and 'set -euo' not in h.stdout
 
 
 def test_exec_failure_stops_the_started_nodes(procs, tmp):

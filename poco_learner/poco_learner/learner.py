@@ -40,6 +40,9 @@ class LearnerConfig:
     initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
     preset: str = ''                     # agent preset (poco_learner/presets.py); '' = AgentConfig defaults
     obs_mode: str = 'pixels'
+    # observation size (features + 7 proprio) when neither a demo dataset nor a stored buffer gives it;
+    # never taken from the first message (one bad message would fix it for the whole run)
+    obs_dim: int = 0
     max_joint_delta: float = 0.05        # rad per tick: the action normalisation (must equal the policy's)
     utd_ratio: float = 1.0               # gradient updates per new online env step (critic warm-up included)
     publish_every: int = 50              # actor updates between weight publications
@@ -160,7 +163,10 @@ class Learner:
         if self.cfg.demo_dataset:
             from poco_learner.dataset import read_meta
             meta = read_meta(self.cfg.demo_dataset)
-            self._ensure(self._obs_dim_from_meta(meta))
+            obs_dim = self._obs_dim_from_meta(meta)
+            if 0 < self.cfg.obs_dim != obs_dim:
+                raise ValueError(f'obs_dim {self.cfg.obs_dim} contradicts the demo dataset ({obs_dim})')
+            self._ensure(obs_dim)
             from poco_learner.dataset import load_into_buffer
             with self.lock:
                 n = load_into_buffer(self.cfg.demo_dataset, self.buffer, self._assembler_for(meta), self.scaler,
@@ -193,13 +199,13 @@ class Learner:
         from poco_learner.train import OnlineTrainer
         state_file = self.run_dir / 'learner_state.json'
         if Path(self.ckpt_prefix + '.json').exists():
-            self.agent = Agent.load(self.ckpt_prefix)
+            self.agent = Agent.load(self.ckpt_prefix, device=self.agent_cfg.device)
             if state_file.exists():
                 self.state.update(json.loads(state_file.read_text()))
             self.log('info', f"resumed checkpoint {self.ckpt_prefix} (phase {self.state['phase']}, "
                              f"weights v{self.state['weights_version']})")
         elif self.cfg.initial_checkpoint:
-            self.agent = Agent.load(self.cfg.initial_checkpoint)
+            self.agent = Agent.load(self.cfg.initial_checkpoint, device=self.agent_cfg.device)
             self.state['pretrain_done'] = self.agent.cfg.pretrain_steps  # pre-trained elsewhere
             self.log('info', f'starting from pre-trained checkpoint {self.cfg.initial_checkpoint}')
         else:
@@ -233,16 +239,17 @@ class Learner:
 
     # ------------------------------------------------------------------ inputs (ROS callback thread)
     def on_transition(self, episode_id, step_index, features, proprio, action, intervention, final_observation):
+        """One executed step. Raises BadInput (counted and dropped by the node) when its observation size
+        does not match the configured one, or when no size is configured yet."""
+        from poco_policy.runtime import BadInput
+        size = len(features) + len(proprio)
         if self.assembler is None:
-            obs_dim = len(features) + len(proprio)
-            if obs_dim <= 7 or obs_dim > 100_000:
-                self.log('warn', f'dropping transition with implausible observation size {obs_dim}')
-                return
-            self._ensure(obs_dim)
-        if len(features) + len(proprio) != self.buffer.obs_dim:
-            self.log('warn', f'dropping transition: observation size {len(features) + len(proprio)} '
-                             f'!= {self.buffer.obs_dim}')
-            return
+            if self.cfg.obs_dim <= 0:
+                raise BadInput('observation size unknown', 'set the learner\'s obs_dim or demo_dataset: the '
+                                                           'observation size is never taken from a message')
+            self._ensure(self.cfg.obs_dim)
+        if size != self.buffer.obs_dim:
+            raise BadInput('observation size', f'observation size {size} != {self.buffer.obs_dim}')
         self.assembler.on_transition(episode_id, step_index, features, proprio, action, intervention,
                                      final_observation)
 

@@ -561,7 +561,7 @@ def test_replay_into_learner_node(tmp_path, ros):
     status: list = []
     ros.node.create_subscription(LearnerStatus, '/poco/learner_status', status.append, 10)
     learner = ros.spawn([sys.executable, '-m', 'poco_learner.learner_node', '--ros-args',
-                         '-p', f'run_dir:={run_dir}', '-p', 'encoder.feature_dim:=4',
+                         '-p', f'run_dir:={run_dir}', '-p', 'encoder.feature_dim:=4', '-p', 'obs_dim:=15',
                          '-p', 'agent.actor_hidden_dims:=[32,32]', '-p', 'agent.critic_hidden_dims:=[32,32]',
                          '-p', 'agent.batch_size:=8', '-p', 'agent.num_candidates:=2',
                          '-p', 'agent.flow_steps:=2', '-p', 'agent.pretrain_steps:=0', '-p', 'status_rate_hz:=5.0',

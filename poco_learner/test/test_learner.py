@@ -33,7 +33,8 @@ def _wait(pred, timeout):
 
 @pytest.mark.parametrize('algorithm', ['poco', 'qc_best_of_n'])
 def test_phases_are_announced_in_order_and_resume(tmp_path, algorithm):
-    cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', utd_ratio=1.0, publish_every=5,
+    cfg = LearnerConfig(run_dir=str(tmp_path / 'run'), obs_mode='state', obs_dim=FEAT + 7, utd_ratio=1.0,
+                        publish_every=5,
                         checkpoint_every_s=3600, agent=AgentConfig(
                             actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), algorithm=algorithm,
                             batch_size=8, num_candidates=4, flow_steps=2, horizon=3, pretrain_steps=15,
@@ -90,3 +91,25 @@ def test_phases_are_announced_in_order_and_resume(tmp_path, algorithm):
         assert again.state['weights_version'] == done['weights_version']
     finally:
         again.stop()
+
+
+def test_observation_size_comes_from_configuration_never_from_a_message(tmp_path):
+    from poco_policy.runtime import BadInput
+    rng = np.random.default_rng(1)
+    core = Learner(LearnerConfig(run_dir=str(tmp_path / 'a'), obs_mode='state', checkpoint_every_s=3600),
+                   log=lambda lvl, s: None)
+    try:
+        with pytest.raises(BadInput, match='obs_dim or demo_dataset') as e:
+            core.on_transition(1, 0, rng.normal(size=50), np.zeros(7), np.zeros(7), False, False)
+        assert e.value.reason == 'observation size unknown' and core.buffer is None   # nothing fixed or stored
+    finally:
+        core.stop()
+    core = Learner(LearnerConfig(run_dir=str(tmp_path / 'b'), obs_mode='state', obs_dim=FEAT + 7,
+                                 checkpoint_every_s=3600), log=lambda lvl, s: None)
+    try:
+        with pytest.raises(BadInput, match='observation size 57 != 11'):     # a bad first message ...
+            core.on_transition(1, 0, rng.normal(size=50), np.zeros(7), np.zeros(7), False, False)
+        _episode(core, 2, 5, True, rng)                                       # ... fixes nothing
+        assert core.buffer_len() == 5 and core.buffer.obs_dim == FEAT + 7
+    finally:
+        core.stop()

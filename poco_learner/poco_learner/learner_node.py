@@ -44,6 +44,11 @@ class LearnerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('learner', **kwargs)
         self.cfg = cfg = declare_ros_parameters(self, LearnerNodeConfig)
+        # node-only parameters (not part of the learning config): the weights signing key, the input bound
+        key_file = self.declare_parameter('weights_key_file', '').value
+        self.max_input_magnitude = float(self.declare_parameter('max_input_magnitude', 1.0e4).value)
+        from poco_policy.weights import load_key
+        self.weights_key = load_key(key_file) if key_file else None  # a bad key file stops the node here
         self.sim_time = use_sim_time_from_env(self)
         self.drops = DropCounter()
         self._log_throttle = DropCounter()  # per-message-kind throttle of the core's warnings
@@ -77,6 +82,7 @@ class LearnerNode(Node):
         self.create_timer(1.0, self._guard('diagnostics', self.publish_diagnostics), clock=steady)
         self.core.start()
         self.get_logger().info(f'learner up: run_dir={cfg.run_dir} buffer={self.core.buffer_len()} steps'
+                               + (' weights signed (hmac-sha256)' if self.weights_key is not None else ' weights unsigned')
                                + (' on sim time (/clock)' if self.sim_time else ''))
 
     # ------------------------------------------------------------------ logging + input guard
@@ -116,6 +122,7 @@ class LearnerNode(Node):
     # ------------------------------------------------------------------ inputs
     def on_transition(self, m: Transition):
         nf, np_, na = len(m.features), len(m.proprio), len(m.action)
+        lim = self.max_input_magnitude
         if np_ != 7:
             raise BadInput('proprio size', f'proprio has {np_} values, expected 7')
         if nf == 0 or nf > MAX_FEATURES:
@@ -129,8 +136,11 @@ class LearnerNode(Node):
         if buf is not None and nf + np_ != buf.obs_dim:
             raise BadInput('observation size', f'observation size {nf + np_} != buffer {buf.obs_dim}')
         for name, values in (('features', m.features), ('proprio', m.proprio), ('action', m.action)):
-            if len(values) and not np.isfinite(np.asarray(values, dtype=np.float32)).all():
+            a = np.asarray(values, dtype=np.float64)
+            if a.size and not np.isfinite(a).all():
                 raise BadInput('non-finite', f'{name} contains NaN or inf')
+            if a.size and float(np.abs(a).max()) > lim:
+                raise BadInput('out of range', f'{name} has |x| = {float(np.abs(a).max()):.3g} > {lim:g}')
         self.core.on_transition(m.episode_id, m.step_index, m.features, m.proprio, m.action, m.intervention,
                                 m.final_observation)
 
@@ -147,6 +157,9 @@ class LearnerNode(Node):
         msg.sha256 = hashlib.sha256(payload).hexdigest()
         msg.payload = payload
         msg.metadata = json.dumps(metadata)
+        if self.weights_key is not None and hasattr(msg, 'signature'):
+            from poco_policy.weights import sign
+            msg.signature = sign(self.weights_key, version, msg.sha256, msg.metadata)
         self.weights_pub.publish(msg)
 
     def _pacing(self) -> dict:

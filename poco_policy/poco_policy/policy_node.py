@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -42,9 +43,9 @@ from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, 
 from poco_msgs.srv import Reset, SetMode
 
 from poco_policy.config import declare_ros_parameters
-from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Safety, SafetyLimits, WeightsGate,
-                                 WeightsRejected, diagnostics, finite_array, image_to_array,
-                                 use_sim_time_from_env)
+from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Mailbox, Safety, SafetyLimits, WeightsGate,
+                                 diagnostics, finite_array, image_to_array, use_sim_time_from_env)
+from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -84,6 +85,20 @@ class PolicyNodeConfig:
     seed: int = 0
     torch_threads: int = 1
     sync_timeout_s: float = 0.25        # sim time: wall s a tick waits for its observation, then runs anyway
+    # --- trust boundary (weights and joint states; poco_policy/weights.py)
+    weights_key_file: str = ''          # HMAC key file; set: refuse unsigned / wrongly signed weights
+    obs_dim: int = 0                    # weights' obs size; 0 = pixels: cameras x feature_dim + 7, state: sim/state + 7
+    horizon: int = 0                    # weights' chunk length T; 0 = that of the running weights (first: any <= 64)
+    max_hidden_dim: int = 1024          # widest layer accepted in weights
+    max_hidden_layers: int = 8
+    max_flow_steps: int = 100
+    max_weights_bytes: int = 67108864   # payload bytes (64 MiB)
+    max_metadata_bytes: int = 65536
+    max_json_depth: int = 16
+    max_version_jump: int = 1000        # weights more than this many versions past the running ones are refused
+    max_sample_s: float = 0.04          # test forward pass (best of 3) must sample a chunk within this
+    joint_limit_tolerance: float = 0.2  # rad: a joint state further outside the joint limits is insane
+    max_input_magnitude: float = 1.0e4  # sim/state values beyond this are refused (never reach the learner)
 
 
 class PolicyNode(Node):
@@ -107,7 +122,10 @@ class PolicyNode(Node):
                                                       feature_dim=cfg.feature_dim, image_size=cfg.image_size))
         elif cfg.obs_mode != 'state':
             raise ValueError(f"obs_mode must be 'pixels' or 'state', got {cfg.obs_mode!r}")
-        self.gate = WeightsGate(policy_from_bytes)
+        self.weights_key = load_key(cfg.weights_key_file) if cfg.weights_key_file else None
+        self.gate = WeightsGate(policy_from_bytes, self._weights_limits(), self.weights_key, self._probe)
+        self._drop_lock = threading.Lock()
+        self.joint_state_bad: Optional[str] = None  # reason while the newest joint state is insane (hold)
         self.runner = ChunkRunner(self._sample)
         self.safety = Safety(SafetyLimits(np.array(cfg.joint_lower), np.array(cfg.joint_upper),
                                           np.array(cfg.ee_box_min), np.array(cfg.ee_box_max), cfg.staleness_s))
@@ -158,7 +176,11 @@ class PolicyNode(Node):
         self.create_subscription(PoseStamped, 'ee_pose', g('ee_pose', self.on_ee), sensors)
         self.create_subscription(Bool, 'poco/estop', g('estop', self.on_estop), LATCHED)
         self.create_subscription(Bool, 'poco/success', g('success', self.on_success), RELIABLE)
-        self.create_subscription(PolicyWeights, 'poco/policy_weights', g('weights', self.on_weights), LATCHED)
+        # raw: the control executor only takes the serialised bytes; parsing, checks, deserialisation and the
+        # test forward pass run on the weights worker thread (the swap itself waits for a chunk boundary)
+        self.weights_worker = Mailbox(self._weights_guarded, 'poco-weights')
+        self.create_subscription(PolicyWeights, 'poco/policy_weights', g('weights', self.on_weights), LATCHED,
+                                 raw=True)
         self.create_subscription(ActionChunk, 'teleop/action', g('teleop', self.on_teleop), RELIABLE)
 
         self.cmd_pub = self.create_publisher(JointState, 'joint_commands', QoSProfile(
@@ -182,6 +204,9 @@ class PolicyNode(Node):
 
         if cfg.initial_weights:
             self._load_initial(cfg.initial_weights)
+        if self.weights_key is None:
+            self.get_logger().warning('weights_key_file is empty: unsigned weights are accepted (sim only; a '
+                                      'real robot needs a key, see README "Signed weights")')
         self._publish_box()
         # The control tick runs on the node clock (sim time in the sim graph); bookkeeping on the steady clock.
         self.timer = self.create_timer(1.0 / cfg.control_rate_hz, self.tick)
@@ -217,7 +242,8 @@ class PolicyNode(Node):
         return guarded
 
     def _drop(self, reason: str, detail: str):
-        suffix = self.drops.drop(reason)
+        with self._drop_lock:  # the weights worker thread drops too
+            suffix = self.drops.drop(reason)
         if suffix is not None:
             self.get_logger().warning(f'dropped {reason}: {detail[:300]} {suffix}')
 
@@ -229,22 +255,35 @@ class PolicyNode(Node):
     def on_joint_states(self, msg: JointState):
         names, positions = list(msg.name), list(msg.position)
         if len(names) != len(positions):
-            raise BadInput('names/positions mismatch', f'{len(names)} names but {len(positions)} positions')
+            raise self._insane('names/positions mismatch', f'{len(names)} names but {len(positions)} positions')
         if len(set(names)) != len(names):
-            raise BadInput('duplicated joint', f'duplicated names in {names[:20]}')
+            raise self._insane('duplicated joint', f'duplicated names in {names[:20]}')
         pos = dict(zip(names, positions))
         missing = [n for n in self.cfg.joint_names if n not in pos]
         if missing:
-            raise BadInput('missing joint', f'missing joints {missing}')
-        q = finite_array([pos[n] for n in self.cfg.joint_names], 6, 'joint_states')
+            raise self._insane('missing joint', f'missing joints {missing}')
+        q = np.asarray([pos[n] for n in self.cfg.joint_names], dtype=np.float64)
         g = float(pos.get('gripper', self.gripper))
-        if not math.isfinite(g):
-            raise BadInput('non-finite', f'joint_states: gripper {g}')
-        self.q, self.gripper = q, g
+        tol = self.cfg.joint_limit_tolerance
+        if not (np.isfinite(q).all() and math.isfinite(g)):
+            raise self._insane('non-finite', f'joint_states: {q.tolist()} gripper {g}')
+        outside = (q < self.safety.lim.joint_lower - tol) | (q > self.safety.lim.joint_upper + tol)
+        if outside.any() or not -tol <= g <= 1.0 + tol:
+            raise self._insane('outside limits', f'joint_states: {np.round(q, 3).tolist()} gripper {g:.3g} '
+                                                 f'outside the joint limits by more than {tol} rad')
+        self.joint_state_bad = None
+        self.q, self.gripper = q.astype(np.float32), g
         self.stamps['joint_states'] = self._now()
         self.obs_stamp = msg.header.stamp
         self._obs_ns['joint_states'] = _ns(msg.header.stamp)
         self._run_due()
+
+    def _insane(self, reason: str, detail: str) -> BadInput:
+        """An insane joint state: the robot's state is unknown until the next sane one, so the node holds
+        (no new plan, no transition) and the message is dropped and counted."""
+        self.joint_state_bad = reason
+        self.runner.drop_chunk()
+        return BadInput(reason, detail)
 
     def on_image(self, cam: str, msg: Image):
         self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
@@ -253,7 +292,11 @@ class PolicyNode(Node):
         self._run_due()
 
     def on_state(self, msg: Float32MultiArray):
-        self.state = finite_array(msg.data, None, 'sim/state')
+        state = finite_array(msg.data, None, 'sim/state')
+        if state.size == 0 or state.size > 100_000 or float(np.abs(state).max()) > self.cfg.max_input_magnitude:
+            raise BadInput('out of range', f'sim/state: {state.size} values, max |x| '
+                                           f'{float(np.abs(state).max()) if state.size else 0:.3g}')
+        self.state = state
         self.stamps['state'] = self._now()
         self._state_seq += 1
         self._run_due()
@@ -290,14 +333,74 @@ class PolicyNode(Node):
             self.estop = False
             self.get_logger().warning('e-stop released; waiting for a reset')
 
-    def on_weights(self, msg: PolicyWeights):
+    def on_weights(self, raw: bytes):
+        """Control executor: size check and hand-off only (the worker parses, checks and loads)."""
+        bound = self.cfg.max_weights_bytes + self.cfg.max_metadata_bytes + 65536
+        if len(raw) > bound:
+            raise BadInput('too large', f'serialised weights message of {len(raw)} bytes > {bound}')
+        if self.weights_worker.submit(raw):
+            self._drop('weights: superseded', 'a newer weights message replaced one still waiting for checks')
+
+    def _weights_guarded(self, raw: bytes):
+        """Weights worker thread: every failure is counted as `weights: <reason>`; never raises."""
         try:
-            policy, meta = self.gate.check(msg.version, msg.format, msg.sha256, bytes(msg.payload), msg.metadata)
+            self._load_weights(raw)
         except WeightsRejected as e:
-            raise BadInput('rejected', f'v{msg.version}: {e}; keeping v{self.gate.version}') from e
+            self._drop(f'weights: {e.reason}', f'{e}; keeping v{self.gate.version}')
+        except Exception as e:  # noqa: BLE001
+            self._drop(f'weights: {type(e).__name__}', str(e))
+
+    def _load_weights(self, raw: bytes):
+        from rclpy.serialization import deserialize_message
+        try:
+            msg = deserialize_message(raw, PolicyWeights)
+        except Exception as e:  # noqa: BLE001
+            raise WeightsRejected('corrupt message', f'cannot deserialise: {str(e)[:200]}') from e
+        self.gate.limits = self._weights_limits()
+        payload = msg.payload.tobytes() if hasattr(msg.payload, 'tobytes') else bytes(msg.payload)
+        policy, _ = self.gate.check(msg.version, msg.format, msg.sha256, payload, msg.metadata,
+                                    getattr(msg, 'signature', ''))
         self.gate.accept(msg.version)
         self.runner.offer(policy, msg.version)
         self.get_logger().info(f'received weights v{msg.version} (used from the next chunk)')
+
+    def _robot_obs_dim(self) -> int:
+        cfg = self.cfg
+        if cfg.obs_dim:
+            return cfg.obs_dim
+        if cfg.obs_mode == 'pixels':
+            return cfg.feature_dim * len(cfg.cameras) + 7
+        state = getattr(self, 'state', None)
+        if state is not None:
+            return int(state.size) + 7
+        pol = self.runner.policy if hasattr(self, 'runner') else None
+        return int(pol.cfg.obs_dim) if pol is not None else 0
+
+    def _weights_limits(self) -> WeightsLimits:
+        cfg = self.cfg
+        pol = self.runner.policy if hasattr(self, 'runner') else None
+        horizon = cfg.horizon or (int(pol.cfg.horizon) if pol is not None else 0)
+        return WeightsLimits(obs_dim=self._robot_obs_dim(), action_dim=len(cfg.joint_names) + 1, horizon=horizon,
+                             max_hidden_dim=cfg.max_hidden_dim, max_hidden_layers=cfg.max_hidden_layers,
+                             max_flow_steps=cfg.max_flow_steps, max_weights_bytes=cfg.max_weights_bytes,
+                             max_metadata_bytes=cfg.max_metadata_bytes, max_json_depth=cfg.max_json_depth,
+                             max_version_jump=cfg.max_version_jump)
+
+    def _probe(self, policy):
+        """Test forward pass on the worker thread: a chunk of the robot's shape, finite, sampled in time."""
+        obs_dim = self._robot_obs_dim() or int(policy.cfg.obs_dim)
+        obs = np.zeros(obs_dim, np.float32)
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            chunk = np.asarray(self._sample(policy, obs, False))
+            best = min(best, time.perf_counter() - t0)
+        want = (self.cfg.horizon or policy.cfg.horizon, len(self.cfg.joint_names) + 1)
+        if chunk.shape != want or not np.isfinite(chunk).all():
+            raise WeightsRejected('test forward pass', f'chunk of shape {chunk.shape} (want {want}) or non-finite')
+        if best > self.cfg.max_sample_s:
+            raise WeightsRejected('too slow', f'sampling a chunk took {best * 1e3:.0f} ms > '
+                                              f'{self.cfg.max_sample_s * 1e3:.0f} ms')
 
     def on_set_mode(self, req, resp):
         if req.mode not in ('train', 'eval', 'hold'):
@@ -330,7 +433,8 @@ class PolicyNode(Node):
         with open(meta_path) as f:
             meta = f.read()
         import hashlib
-        policy, _ = self.gate.check(1, 'safetensors', hashlib.sha256(payload).hexdigest(), payload, meta)
+        policy, _ = self.gate.check(1, 'safetensors', hashlib.sha256(payload).hexdigest(), payload, meta,
+                                    trusted=True)
         self.runner.offer(policy, 0)
         self.get_logger().info(f'loaded initial weights from {path}')
 
@@ -351,6 +455,22 @@ class PolicyNode(Node):
         return np.asarray(feats, dtype=np.float32), proprio
 
     def _send(self, q_target: np.ndarray, gripper: float):
+        # Final guard, whatever computed the target: finite, within max_joint_delta of the measured position,
+        # gripper in [0, 1]. The measured position itself passed the joint-state checks.
+        q = self.q
+        if q is None or not np.isfinite(q).all():
+            self._drop('command guard: no measured position', 'command withheld')
+            return
+        q_target = np.asarray(q_target, dtype=np.float64)
+        if q_target.shape != q.shape or not np.isfinite(q_target).all() or not math.isfinite(float(gripper)):
+            self._drop('command guard: non-finite', f'target {q_target.tolist()} gripper {gripper}: holding')
+            q_target, gripper = q.astype(np.float64), self.gripper
+        d = self.cfg.max_joint_delta
+        bounded = np.clip(q_target, q - d, q + d)
+        if np.abs(bounded - q_target).max() > 1e-6:
+            self._drop('command guard: beyond max_joint_delta',
+                       f'target moved {np.abs(q_target - q).max():.3g} rad > {d}: clipped')
+        q_target, gripper = bounded, float(np.clip(gripper, 0.0, 1.0))
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()  # sim time: the tick's time (the sim waits for it)
         msg.name = list(self.cfg.joint_names) + ['gripper']
@@ -386,6 +506,13 @@ class PolicyNode(Node):
         return not self.safety.stale(self.stamps, self._now()) and self.q is not None
 
     def _publish_transition(self, feats, proprio, action_phys, intervention: bool, chunk_step: int):
+        if self.joint_state_bad is not None:
+            return  # the robot's state is unknown: nothing of it may reach the buffer
+        parts = [np.asarray(feats), np.asarray(proprio)] + ([] if action_phys is None else [np.asarray(action_phys)])
+        if not all(np.isfinite(p).all() and (p.size == 0 or np.abs(p).max() <= self.cfg.max_input_magnitude)
+                   for p in parts):
+            self._drop('transition guard: out of range', 'transition withheld from the learner')
+            return
         t = Transition()
         t.header.stamp = self.obs_stamp or self.get_clock().now().to_msg()
         t.episode_id, t.step_index, t.chunk_step = self.episode_id, self.step, chunk_step
@@ -429,7 +556,8 @@ class PolicyNode(Node):
 
     def _home_tick(self):
         """Drive to the home pose at the per-tick speed limit; start the episode once there."""
-        if self.q is None or self.safety.stale({'joint_states': self.stamps['joint_states']}, self._now()):
+        if self.q is None or self.joint_state_bad is not None or \
+                self.safety.stale({'joint_states': self.stamps['joint_states']}, self._now()):
             return
         err = np.asarray(self.cfg.home_pose, np.float64) - self.q
         if np.max(np.abs(err)) < self.cfg.home_tolerance:
@@ -525,7 +653,9 @@ class PolicyNode(Node):
 
     def publish_diagnostics(self):
         values = {'phase': self.phase, 'ticks': self.ticks, 'episode_id': self.episode_id, 'step': self.step,
-                  'weights_version': self.runner.version, 'estop': self.estop, 'sim_time': self.sim_time}
+                  'weights_version': self.runner.version, 'weights_checked_version': self.gate.version,
+                  'weights_signed': self.weights_key is not None, 'joint_state_bad': self.joint_state_bad or '',
+                  'estop': self.estop, 'sim_time': self.sim_time}
         self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
                                           values, self.drops))
 
@@ -571,6 +701,9 @@ class PolicyNode(Node):
             return
         if self.step >= cfg.max_episode_steps:
             self._end_episode(EpisodeEvent.TIMEOUT, f'step limit {cfg.max_episode_steps}')
+            return
+        if self.joint_state_bad is not None:
+            self._hold()  # dropped and counted per message (joint_states: <reason>); act again on a sane one
             return
         stale = self.safety.stale(self.stamps, self._now())
         if stale or self.q is None:
@@ -627,6 +760,7 @@ def main(args=None):
         pass
     finally:
         executor.shutdown()
+        node.weights_worker.close()
         node.destroy_node()
         rclpy.try_shutdown()
 

@@ -1,6 +1,7 @@
 """What the policy node does each tick, as plain Python (no ROS), so it is unit-testable.
 
-- `WeightsGate`: checks incoming weights (format, version, sha256, finiteness) and keeps the last good policy.
+- `WeightsGate`: checks incoming weights (poco_policy.weights: bounds, robot match, signature, sha256; then
+  load, finiteness, a test forward pass) and keeps the last good policy; `Mailbox`: the worker thread it runs on.
 - `ChunkRunner`: samples a chunk when the previous one is used up, hands out one action per tick, and swaps
   to pending weights only at chunk boundaries (never mid-chunk: a chunk is one coherent plan).
 - `Safety`: joint-limit clamping, end-effector box check and input staleness (watchdog).
@@ -10,14 +11,15 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+
+from poco_policy.weights import WeightsLimits, WeightsRejected, precheck  # noqa: F401 (re-exported)
 
 
 SIM_TIME_ENV = 'POCO_USE_SIM_TIME'
@@ -84,41 +86,100 @@ def use_sim_time_from_env(node, environ=None) -> bool:
     return bool(node.get_parameter('use_sim_time').value)
 
 
-class WeightsRejected(ValueError):
-    """Raised for weights that must not be run; the message says why."""
-
-
 class WeightsGate:
-    """Validates weight payloads; the policy keeps serving the last good weights when a payload is bad."""
+    """Validates weight payloads; the policy keeps serving the last good weights when a payload is bad.
 
-    def __init__(self, loader: Callable[[bytes, dict], object]):
+    Order (cheapest first, nothing deserialised before the bounds hold): `weights.precheck` (version and its
+    jump, format, sizes, signature when a key is configured, sha256, bounded metadata JSON, the safetensors
+    header parsed by hand, the actor config against the robot and the bounds), then the loader (safetensors
+    only), finiteness, and `probe(policy)`, a test forward pass. Runs on the weights worker thread, never on
+    the control executor."""
+
+    def __init__(self, loader: Callable[[bytes, dict], object], limits: Optional[WeightsLimits] = None,
+                 key: Optional[bytes] = None, probe: Optional[Callable[[object], None]] = None):
         # loader(payload, metadata) -> policy; it must not unpickle anything (safetensors only).
         self._loader = loader
+        self.limits = limits   # None: no robot to match (plain-Python uses); the node always gives limits
+        self.key = key
+        self.probe = probe
         self.version = 0
 
-    def check(self, version: int, fmt: str, sha256: str, payload: bytes, metadata: str):
-        if version <= self.version:
-            raise WeightsRejected(f'version {version} is not newer than the running version {self.version}')
-        if fmt != 'safetensors':
-            raise WeightsRejected(f'format {fmt!r} refused: only safetensors is accepted')
-        digest = hashlib.sha256(payload).hexdigest()
-        if digest != sha256:
-            raise WeightsRejected(f'sha256 mismatch: got {digest[:12]}.., message says {sha256[:12]}..')
-        try:
-            meta = json.loads(metadata) if metadata else {}
-        except json.JSONDecodeError as e:
-            raise WeightsRejected(f'metadata is not JSON: {e}') from e
+    def check(self, version: int, fmt: str, sha256: str, payload: bytes, metadata: str, signature: str = '',
+              trusted: bool = False):
+        """`trusted`: a local file the operator placed (initial weights): no signature, no version bounds."""
+        meta, _ = precheck(version, fmt, sha256, payload, metadata, signature, 0 if trusted else self.version,
+                           self.limits, None if trusted else self.key)
         try:
             policy = self._loader(payload, meta)
         except Exception as e:  # a bad payload must never take the node down
-            raise WeightsRejected(f'cannot load payload: {e}') from e
+            raise WeightsRejected('cannot load', f'cannot load payload: {str(e)[:300]}') from e
         for name, p in getattr(policy, 'state_dict', lambda: {})().items():
             if hasattr(p, 'isfinite') and not bool(p.isfinite().all()):
-                raise WeightsRejected(f'non-finite values in {name}')
+                raise WeightsRejected('non-finite', f'non-finite values in {name}')
+        if self.probe is not None:
+            try:
+                self.probe(policy)
+            except WeightsRejected:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise WeightsRejected('test forward pass', f'{type(e).__name__}: {str(e)[:300]}') from e
         return policy, meta
 
     def accept(self, version: int):
         self.version = version
+
+
+class Mailbox:
+    """One worker thread that handles items one at a time; at most one item waits (a newer one replaces it).
+
+    The policy node hands raw weights messages to it, so deserialisation and the test forward pass never run
+    on the control executor. `handler(item)` must not raise (the node's handler is guarded)."""
+
+    def __init__(self, handler: Callable[[object], None], name: str = 'mailbox'):
+        self._handler = handler
+        self._cv = threading.Condition()
+        self._item = None
+        self._closed = False
+        self.busy = False
+        self.superseded = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> bool:
+        """Queue `item`; returns True when it replaced one that was still waiting."""
+        with self._cv:
+            replaced = self._item is not None
+            self.superseded += int(replaced)
+            self._item = item
+            self._cv.notify()
+        return replaced
+
+    def idle(self) -> bool:
+        with self._cv:
+            return self._item is None and not self.busy
+
+    def close(self, timeout: float = 2.0):
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _run(self):
+        while True:
+            with self._cv:
+                while self._item is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                item, self._item = self._item, None
+                self.busy = True
+            try:
+                self._handler(item)
+            except Exception:  # noqa: BLE001 - the worker must outlive any item
+                pass
+            finally:
+                with self._cv:
+                    self.busy = False
 
 
 class ChunkRunner:
@@ -130,19 +191,22 @@ class ChunkRunner:
         self.policy = None
         self.version = 0
         self._pending: Optional[tuple] = None
+        self._lock = threading.Lock()  # offer() comes from the weights worker thread
         self.chunk: Optional[np.ndarray] = None
         self.index = 0
         self.chunks_started = 0
 
     def offer(self, policy, version: int):
         """New weights: used from the next chunk on."""
-        self._pending = (policy, version)
+        with self._lock:
+            self._pending = (policy, version)
 
     def swap_if_pending(self) -> bool:
-        if self._pending is None:
-            return False
-        self.policy, self.version = self._pending
-        self._pending = None
+        with self._lock:
+            if self._pending is None:
+                return False
+            self.policy, self.version = self._pending
+            self._pending = None
         return True
 
     @property

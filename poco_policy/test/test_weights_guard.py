@@ -189,3 +189,28 @@ def test_checks_run_off_the_control_loop_and_ticks_stay_on_time():
     assert len(results) == len(items), results
     assert results[-1] == ('ok', 2) and all(r != 'ok' for r, _ in results[:-1]), results
     assert max(gaps) < 3 * period, f'max tick gap {max(gaps) * 1e3:.0f} ms'
+
+
+def test_learner_signs_what_the_policy_verifies(tmp_path):
+    """LearnerNode.publish_weights with a key: the message's signature verifies with that key (no ROS graph:
+    the method runs on a stand-in with the node's attributes)."""
+    pytest.importorskip('rclpy')
+    from types import SimpleNamespace
+    from poco_learner.learner_node import LearnerNode
+    key = os.urandom(32)
+    sent = []
+    stamp = SimpleNamespace(to_msg=lambda: __import__('builtin_interfaces.msg', fromlist=['Time']).Time())
+    fake = SimpleNamespace(weights_key=key, weights_pub=SimpleNamespace(publish=sent.append),
+                           get_clock=lambda: SimpleNamespace(now=lambda: stamp))
+    p, m = actor_bytes()
+    LearnerNode.publish_weights(fake, 7, p, m)
+    msg = sent[0]
+    assert msg.signature.startswith('hmac-sha256:')
+    gate = WeightsGate(policy_from_bytes, WeightsLimits(**LIMITS), key, probe_for(OBS))
+    policy, _ = gate.check(msg.version, msg.format, msg.sha256, bytes(msg.payload), msg.metadata, msg.signature)
+    with pytest.raises(WeightsRejected, match='signature'):
+        WeightsGate(policy_from_bytes, WeightsLimits(**LIMITS), os.urandom(32)).check(
+            msg.version, msg.format, msg.sha256, bytes(msg.payload), msg.metadata, msg.signature)
+    fake.weights_key = None
+    LearnerNode.publish_weights(fake, 8, p, m)
+    assert sent[1].signature == ''

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -323,15 +324,27 @@ class Observer:
             if st.name.endswith('/policy'):
                 self.diag = {kv.key: kv.value for kv in st.values}
 
+    def start(self):
+        """Callbacks on their own thread: the observer keeps up with the sim while the main thread floods."""
+        self._thread = threading.Thread(target=self._spin_forever, daemon=True)
+        self._thread.start()
+
+    def _spin_forever(self):
+        try:
+            self.ex.spin()
+        except Exception:  # noqa: BLE001 - context shut down at the end
+            pass
+
     def spin(self, seconds, procs, cond=None):
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.005)
+        while True:
             if any(not p.alive() for p in procs):
                 return False
             if cond is not None and cond():
                 return True
-        return cond is None
+            if time.monotonic() >= end:
+                return cond is None
+            time.sleep(min(0.005, max(0.0, end - time.monotonic())))
 
     def counters(self):
         return dict(commands=self.commands, nonfinite=self.nonfinite, beyond=self.beyond,
@@ -385,6 +398,7 @@ def main(argv=None):
     context = rclpy.Context()
     rclpy.init(context=context)
     obs = Observer(context)
+    obs.start()
     result = {'domain_id': domain, 'logs': str(logdir), 'n_per_topic': n, 'signed': key is not None,
               'topics': {}}
     stop = {'flag': False}
@@ -447,8 +461,8 @@ def main(argv=None):
         for pr in procs:
             if not pr.alive() and pr.name not in exits:
                 exits[pr.name] = 'end'
-        obs.node.destroy_node()
         rclpy.shutdown(context=context)
+        obs.ex.shutdown(timeout_sec=2)
         for pr in procs:
             pr.stop()
     result['node_exits'] = exits

@@ -480,8 +480,17 @@ class PolicyNode(Node):
         self._cmd_in_tick = True
 
     def _hold(self):
-        if self.q is not None:
+        """Stay put. With a fresh, sane joint state: its position. Otherwise the position is not known now, so
+        the last command is repeated (within max_joint_delta of the last sane measurement, and where the arm is
+        already going): holding at an old measurement would drive the arm back to where it was."""
+        if self.q is None:
+            return
+        fresh = self.joint_state_bad is None and not self.safety.stale(
+            {'joint_states': self.stamps['joint_states']}, self._now())
+        if fresh or self.last_cmd is None:
             self._send(self.q, self.gripper)
+        else:
+            self._send(self.last_cmd[:6], float(self.last_cmd[6]))
 
     def _event(self, kind: int, detail: str = ''):
         ev = EpisodeEvent()

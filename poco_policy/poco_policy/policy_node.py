@@ -43,6 +43,7 @@ from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, 
 from poco_msgs.srv import Reset, SetMode
 
 from poco_policy.config import declare_ros_parameters
+from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase
 from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Mailbox, Safety, SafetyLimits, WeightsGate,
                                  diagnostics, finite_array, image_to_array, use_sim_time_from_env)
 from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
@@ -146,13 +147,10 @@ class PolicyNode(Node):
             self.stamps['state'] = None
 
         # episode state
-        self.estop = False
-        self.phase = 'idle'   # idle -> resetting -> running -> (ended) -> resetting ...; 'halted' after e-stop
-        self.episode_id = int(time.time()) * 1000  # unique across restarts (learner keys its buffer by it)
-        self.episodes_started = 0
-        self.evaluation = False
-        self.step = 0
-        self.success_flag = False
+        # the episode lifecycle (phases, evaluation schedule, ends) is a plain class: poco_policy.episode;
+        # ids unique across restarts (the learner keys its buffer by them)
+        self.life = EpisodeLifecycle(LifecycleConfig(cfg.max_episode_steps, cfg.eval_every, cfg.initial_eval_episodes,
+                                                     cfg.reset_mode), first_episode_id=int(time.time()) * 1000)
         self.last_cmd: Optional[np.ndarray] = None
         self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions
         # header stamps [ns] of the newest joint state / images / ee pose, and sim/state arrivals (it has no
@@ -314,23 +312,44 @@ class PolicyNode(Node):
         a = finite_array(msg.data, 7, 'teleop/action')
         self.teleop = (a, self._now())
 
+    # read-only views of the lifecycle, for messages and logs
+    @property
+    def estop(self) -> bool:
+        return self.life.estop
+
+    @property
+    def phase(self) -> str:
+        return self.life.phase.value
+
+    @property
+    def episode_id(self) -> int:
+        return self.life.episode_id
+
+    @property
+    def evaluation(self) -> bool:
+        return self.life.evaluation
+
+    @property
+    def step(self) -> int:
+        return self.life.step
+
     def on_success(self, msg: Bool):
         if msg.data:
-            self.success_flag = True
+            self.life.on_success()
 
     def on_estop(self, msg: Bool):
         # Single-threaded executor: this runs between ticks, so the hold goes out before the next tick.
         if msg.data and not self.estop:
-            self.estop = True
+            was_running = self.life.phase == Phase.RUNNING
             try:
                 self._hold()  # halt now, not at the next tick
-                if self.phase == 'running':
+                if was_running:
                     self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
             finally:  # halted whatever failed above: a release must never resume a running episode
-                self.phase = 'halted'
+                self.life.estop_pressed()
             self.get_logger().error('E-STOP engaged: motion halted until reset')
         elif not msg.data and self.estop:
-            self.estop = False
+            self.life.estop_released()
             self.get_logger().warning('e-stop released; waiting for a reset')
 
     def on_weights(self, raw: bytes):
@@ -413,7 +432,7 @@ class PolicyNode(Node):
     def on_start_episode(self, req, resp):
         if self.estop:
             resp.success, resp.message = False, 'e-stop engaged'
-        elif self.phase in ('running', 'resetting'):
+        elif not self.life.can_start:
             resp.success, resp.message = False, f'episode already {self.phase}'
         else:
             self._request_reset()
@@ -421,7 +440,7 @@ class PolicyNode(Node):
         return resp
 
     def on_start_button(self, msg: Bool):
-        if msg.data and not self.estop and self.phase in ('idle', 'ended', 'halted'):
+        if msg.data and self.life.can_start:
             self._request_reset()
 
     # ---------------------------------------------------------------- helpers
@@ -506,7 +525,8 @@ class PolicyNode(Node):
             self._publish_transition(feats, proprio, None, False, 0)
         self._event(kind, detail)
         self.runner.drop_chunk()
-        self.phase = 'ended'
+        if self.life.phase == Phase.RUNNING:
+            self.life.end(Event(kind))
         names = {1: 'SUCCESS', 2: 'FAILURE', 3: 'ESTOP', 4: 'TIMEOUT'}
         self.get_logger().info(f'episode {self.episode_id} {"(eval) " if self.evaluation else ""}'
                                f'{names.get(kind, kind)} after {self.step} steps {detail}')
@@ -535,32 +555,21 @@ class PolicyNode(Node):
         self.transition_pub.publish(t)
 
     def _request_reset(self):
+        if not self.life.can_start:
+            return
         if self.cfg.reset_mode == 'home':
-            self._choose_mode()
-            self.phase = 'homing'
-            self.success_flag = False
+            self.life.request_start(self.cfg.mode)       # -> homing
             return
         if not self.reset_client.service_is_ready():
             self.get_logger().warning('reset service poco/reset not available yet', throttle_duration_sec=5.0)
-            self.phase = 'idle'
             return
-        self._choose_mode()
+        self.life.request_start(self.cfg.mode)           # -> resetting (chooses train / evaluation)
         self._reset_future = self.reset_client.call_async(Reset.Request(seed=-1, evaluation=self.evaluation))
         self._reset_started = self._now()
-        self.phase = 'resetting'
-        self.success_flag = False
-
-    def _choose_mode(self):
-        self.episodes_started += 1
-        k = self.cfg.eval_every
-        self.evaluation = (self.cfg.mode == 'eval' or self.episodes_started <= self.cfg.initial_eval_episodes
-                           or (k > 0 and self.episodes_started % k == 0))
 
     def _begin_episode(self):
-        self.episode_id += 1
-        self.step, self.success_flag = 0, False
+        self.life.begin()
         self.runner.drop_chunk()
-        self.phase = 'running'
         self._event(EpisodeEvent.START, 'evaluation' if self.evaluation else 'train')
 
     def _home_tick(self):
@@ -670,19 +679,19 @@ class PolicyNode(Node):
 
     def _tick(self):
         cfg = self.cfg
-        if self.estop or self.phase == 'halted':
+        if self.estop or self.life.phase == Phase.HALTED:
             if self.estop:
                 return  # nothing moves while engaged (the hold was sent when it engaged)
             if cfg.auto_reset:
                 self._request_reset()
             return
-        if self.phase == 'resetting':
+        if self.life.phase == Phase.RESETTING:
             f = self._reset_future
             if f is not None and f.done():
                 res = f.result()
                 if res is None or not res.success:
                     self.get_logger().error(f'reset failed: {getattr(res, "message", "no response")}')
-                    self.phase = 'idle'
+                    self.life.start_failed()
                     return
                 # the episode starts from an observation of the new scene (stamped after the reset)
                 if self.obs_stamp is not None and _ns(self.obs_stamp) > _ns(res.stamp):
@@ -690,12 +699,12 @@ class PolicyNode(Node):
                     return
             if self._now() - self._reset_started > cfg.reset_timeout_s:
                 self.get_logger().error('reset timed out; retrying')
-                self.phase = 'idle'
+                self.life.start_failed()
             return
-        if self.phase == 'homing':
+        if self.life.phase == Phase.HOMING:
             self._home_tick()
             return
-        if self.phase in ('idle', 'ended'):
+        if self.life.phase in (Phase.IDLE, Phase.ENDED):
             if cfg.mode == 'hold' or not self.runner.ready:
                 if not self.runner.ready:
                     self.get_logger().info('waiting for policy weights', throttle_duration_sec=10.0)
@@ -704,12 +713,10 @@ class PolicyNode(Node):
                 self._request_reset()
             return
 
-        # phase == 'running'
-        if self.success_flag:
-            self._end_episode(EpisodeEvent.SUCCESS, '')
-            return
-        if self.step >= cfg.max_episode_steps:
-            self._end_episode(EpisodeEvent.TIMEOUT, f'step limit {cfg.max_episode_steps}')
+        # phase RUNNING
+        due = self.life.due_end()      # success pressed / step limit H reached
+        if due is not None:
+            self._end_episode(int(due[0]), due[1])
             return
         if self.joint_state_bad is not None:
             self._hold()  # dropped and counted per message (joint_states: <reason>); act again on a sane one
@@ -736,7 +743,7 @@ class PolicyNode(Node):
                 feats, proprio = self._observation()
                 obs = np.concatenate([feats, proprio])
                 # the initial evaluation block measures the starting policy: no swaps until it is over
-                frozen = self.episodes_started <= cfg.initial_eval_episodes
+                frozen = self.life.weights_frozen
                 det = self.evaluation and cfg.eval_deterministic
                 chunk = self.runner.new_chunk(obs, deterministic=det, allow_swap=not frozen)
                 self._publish_chunk(chunk, self.scaler.denormalize(chunk))
@@ -751,7 +758,7 @@ class PolicyNode(Node):
         if feats is None:
             feats, proprio = self._observation()
         self._publish_transition(feats, proprio, action_phys, intervention, chunk_step)
-        self.step += 1
+        self.life.stepped()
 
 
 def main(args=None):

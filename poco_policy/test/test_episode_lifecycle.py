@@ -1,0 +1,108 @@
+"""The policy node's episode lifecycle as a plain class: every transition, evaluation schedule, e-stop."""
+import pytest
+
+from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase
+
+
+def make(**kw):
+    return EpisodeLifecycle(LifecycleConfig(**{'max_episode_steps': 3, 'eval_every': 4, **kw}), first_episode_id=100)
+
+
+def run_to_start(lc, mode='train'):
+    lc.request_start(mode)
+    assert lc.begin() == Event.START
+    assert lc.phase == Phase.RUNNING
+
+
+def test_start_success_and_ids():
+    lc = make()
+    assert lc.phase == Phase.IDLE and lc.can_start
+    assert lc.request_start() == Phase.RESETTING
+    assert not lc.can_start
+    with pytest.raises(RuntimeError):
+        lc.request_start()                          # no second start while resetting
+    lc.begin()
+    assert (lc.episode_id, lc.step) == (101, 0)
+    lc.stepped()
+    assert lc.due_end() is None
+    lc.on_success()
+    assert lc.due_end() == (Event.SUCCESS, '')
+    lc.end(Event.SUCCESS)
+    assert lc.phase == Phase.ENDED and lc.can_start
+    run_to_start(lc)
+    assert lc.episode_id == 102 and not lc.success_flag   # a new episode forgets the old success
+
+
+def test_timeout_at_the_step_limit():
+    lc = make()
+    run_to_start(lc)
+    for _ in range(3):
+        assert lc.due_end() is None
+        lc.stepped()
+    assert lc.due_end() == (Event.TIMEOUT, 'step limit 3')
+    lc.end(Event.TIMEOUT)
+    assert lc.phase == Phase.ENDED
+
+
+def test_box_failure_and_end_rules():
+    lc = make()
+    with pytest.raises(RuntimeError):
+        lc.end(Event.FAILURE)                       # nothing runs
+    run_to_start(lc)
+    with pytest.raises(ValueError):
+        lc.end(Event.START)
+    lc.end(Event.FAILURE)                           # the node saw the end effector leave the box
+    assert lc.phase == Phase.ENDED
+    lc.on_success()                                 # a late success press changes nothing
+    assert not lc.success_flag and lc.due_end() is None
+
+
+def test_estop_ends_a_running_episode_and_holds_until_released_and_restarted():
+    lc = make()
+    run_to_start(lc)
+    assert lc.estop_pressed() == Event.ESTOP
+    assert lc.phase == Phase.HALTED and not lc.can_start
+    assert lc.estop_pressed() is None               # held button: reported once
+    with pytest.raises(RuntimeError, match='e-stop'):
+        lc.request_start()
+    lc.estop_released()
+    assert lc.phase == Phase.HALTED and lc.can_start   # released: waits for a new start, never resumes
+    run_to_start(lc)
+    # pressed while idle or resetting: no episode to end, still halted
+    lc.end(Event.SUCCESS)
+    assert lc.estop_pressed() is None and lc.phase == Phase.HALTED
+    lc.estop_released()
+    lc.request_start()
+    assert lc.estop_pressed() is None and lc.phase == Phase.HALTED
+
+
+def test_reset_failure_and_homing():
+    lc = make()
+    lc.request_start()
+    lc.start_failed()
+    assert lc.phase == Phase.IDLE and lc.episodes_started == 1
+    real = make(reset_mode='home')
+    assert real.request_start() == Phase.HOMING
+    real.begin()
+    assert real.phase == Phase.RUNNING
+    with pytest.raises(ValueError):
+        make(reset_mode='teleport')
+
+
+def test_evaluation_schedule_initial_block_and_forced_eval():
+    lc = make(initial_eval_episodes=2, eval_every=3)
+    flags, frozen = [], []
+    for _ in range(8):
+        lc.request_start()
+        flags.append(lc.evaluation)
+        frozen.append(lc.weights_frozen)
+        lc.begin()
+        lc.end(Event.TIMEOUT)
+    # episodes 1-2: the pre-trained block; then every 3rd episode (3, 6)
+    assert flags == [True, True, True, False, False, True, False, False]
+    assert frozen == [True, True] + [False] * 6
+    lc.request_start('eval')
+    assert lc.evaluation
+    never = make(eval_every=0)
+    never.request_start()
+    assert not never.evaluation

@@ -3,6 +3,9 @@
 The learner node is a thin shell around `Learner`; tests can drive `Learner` directly.
 Phases: waiting -> pretrain -> warmup -> poco. Counters and the phase survive restarts through
 `<run_dir>/learner_state.json` next to the agent checkpoint; the buffer reloads from `<run_dir>/buffer`.
+`<run_dir>/progress.json` (the update counters, rewritten atomically every PROGRESS_EVERY_S, a few hundred
+bytes) tells a restarted learner how far the previous run got past its last checkpoint: it logs
+`resumed at update U (checkpoint); the previous run reached V: V-U updates lost` and reports it in status().
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from poco_learner.episodes import EpisodeAssembler, RewardConfig
 from poco_policy.encoder import EncoderConfig
 
 ACTION_DIM = 7
+PROGRESS_EVERY_S = 0.5   # how often the update counters go to <run_dir>/progress.json (a small atomic write)
 
 
 @dataclass
@@ -127,6 +131,9 @@ class Learner:
         self._steps_fed = 0                # online env steps already handed to the trainer
         self._diag: list[dict] = []        # metrics of the current diagnostics window
         self._rng = np.random.default_rng(self.agent_cfg.seed)
+        self._last_progress = 0.0
+        # what a restart found: the checkpoint's update count, the previous run's last recorded one, the loss
+        self.resume_report: dict = {}
         self._resume_or_init()
 
     # ------------------------------------------------------------------ set-up
@@ -204,6 +211,10 @@ class Learner:
                 self.state.update(json.loads(state_file.read_text()))
             self.log('info', f"resumed checkpoint {self.ckpt_prefix} (phase {self.state['phase']}, "
                              f"weights v{self.state['weights_version']})")
+            self._report_resume('checkpoint')
+        elif (self.run_dir / 'progress.json').exists():
+            # killed before its first checkpoint: everything the previous run trained is redone
+            self._report_resume('no checkpoint')
         elif self.cfg.initial_checkpoint:
             self.agent = Agent.load(self.cfg.initial_checkpoint, device=self.agent_cfg.device)
             self.state['pretrain_done'] = self.agent.cfg.pretrain_steps  # pre-trained elsewhere
@@ -382,6 +393,8 @@ class Learner:
                 t_window, n_window = now, 0
             if now - self._last_ckpt > self.cfg.checkpoint_every_s:
                 self.checkpoint()
+            elif did and now - self._last_progress > PROGRESS_EVERY_S:
+                self._write_progress()
 
     def _record_update(self, m: dict):
         self.losses = m
@@ -418,10 +431,41 @@ class Learner:
         with self.agent_lock:
             self.agent.save(self.ckpt_prefix, extra={'learner_config': self.effective_config()})
         self._write_state()
+        self._write_progress()
         if self.buffer is not None:
             with self.lock:
                 self.buffer.flush()
         self._last_ckpt = time.monotonic()
+
+    def total_updates(self) -> int:
+        st = self.state
+        return int(st['pretrain_done'] + st['warmup_done'] + st['online_updates'])
+
+    def _write_progress(self):
+        """The update counters as far as this run got (cheap: a few hundred bytes, atomic). A restart compares
+        them with its checkpoint to report the updates a kill lost."""
+        st = self.state
+        d = {'updates': self.total_updates(), 'pretrain_done': st['pretrain_done'],
+             'warmup_done': st['warmup_done'], 'online_updates': st['online_updates'], 'phase': st['phase'],
+             'weights_version': st['weights_version'], 'wall_time': round(time.time(), 3), 'pid': os.getpid()}
+        self._atomic_text(self.run_dir / 'progress.json', json.dumps(d))
+        self._last_progress = time.monotonic()
+
+    def _report_resume(self, source: str):
+        """One line: where this run resumes, where the previous one got to, how many updates are lost."""
+        u = self.total_updates()
+        try:
+            prev = json.loads((self.run_dir / 'progress.json').read_text())
+            v = int(prev['updates'])
+        except (OSError, ValueError, KeyError, TypeError):
+            v = u   # no (readable) progress record: nothing known beyond the checkpoint
+            prev = {}
+        lost = max(0, v - u)
+        self.resume_report = {'resumed_at_update': u, 'source': source, 'previous_run_reached': v,
+                              'updates_lost': lost}
+        if prev.get('wall_time'):
+            self.resume_report['previous_run_last_seen'] = prev['wall_time']
+        self.log('info', f'resumed at update {u} ({source}); the previous run reached {v}: {lost} updates lost')
 
     def _write_state(self):
         self._atomic_text(self.run_dir / 'learner_state.json', json.dumps(self.state, indent=1))
@@ -480,6 +524,9 @@ class Learner:
             'weights_version': st['weights_version'],
             'updates_per_second': self._ups,
             'updates_per_env_step': p['updates_per_env_step'],
+            # set after a restart: {'resumed_at_update', 'source', 'previous_run_reached', 'updates_lost'}
+            'resume': dict(self.resume_report),
+            'updates_lost_at_resume': self.resume_report.get('updates_lost', 0),
         }
 
 

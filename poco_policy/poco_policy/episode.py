@@ -6,14 +6,15 @@ failure, e-stop), resets. The node feeds it what happened and publishes what it 
     any --estop_pressed--> HALTED (ends a running episode as ESTOP); only a new start leaves HALTED, and not
     while the button is still engaged.
 
-Event codes are poco_msgs/EpisodeEvent's (START 0, SUCCESS 1, FAILURE 2, ESTOP 3, TIMEOUT 4), kept here so this
-module needs no ROS import (the same constants as poco_learner.episodes).
+Event codes are poco_msgs/EpisodeEvent's, taken from poco_policy.contract (no ROS import).
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 from typing import Optional
+
+from poco_policy import contract
 
 
 class Phase(enum.Enum):
@@ -26,11 +27,11 @@ class Phase(enum.Enum):
 
 
 class Event(enum.IntEnum):
-    START = 0
-    SUCCESS = 1
-    FAILURE = 2
-    ESTOP = 3
-    TIMEOUT = 4
+    START = contract.EVENT_START
+    SUCCESS = contract.EVENT_SUCCESS
+    FAILURE = contract.EVENT_FAILURE
+    ESTOP = contract.EVENT_ESTOP
+    TIMEOUT = contract.EVENT_TIMEOUT
 
 
 @dataclass

@@ -18,17 +18,14 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .contract import ACTION_DIM, MAX_JOINT_DELTA, NUM_JOINTS, PROPRIO_DIM  # noqa: F401 (re-exported)
 from .encoder import EncoderConfig, ImageEncoder
-
-NUM_JOINTS = 6
-ACTION_DIM = 7
-PROPRIO_DIM = 7
 
 
 class ActionScaler:
     """Physical <-> normalised actions, elementwise over the last axis (any leading shape, e.g. [T,7] chunks)."""
 
-    def __init__(self, max_joint_delta: float = 0.05, num_joints: int = NUM_JOINTS):
+    def __init__(self, max_joint_delta: float = MAX_JOINT_DELTA, num_joints: int = NUM_JOINTS):
         if not (np.isfinite(max_joint_delta) and max_joint_delta > 0):
             raise ValueError(f'ActionScaler: max_joint_delta must be > 0, got {max_joint_delta}')
         self.max_joint_delta = float(max_joint_delta)

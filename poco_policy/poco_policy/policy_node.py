@@ -29,8 +29,6 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, Point
@@ -42,15 +40,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, Transition
 from poco_msgs.srv import Reset, SetMode
 
+from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
 from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase
 from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Mailbox, Safety, SafetyLimits, WeightsGate,
                                  diagnostics, finite_array, image_to_array, use_sim_time_from_env)
 from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
 
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                     history=HistoryPolicy.KEEP_LAST)
 
 
 def _ns(t) -> int:
@@ -61,14 +57,14 @@ def _ns(t) -> int:
 class PolicyNodeConfig:
     control_rate_hz: float = 15.0
     obs_mode: str = 'pixels'            # 'pixels' (cameras) or 'state' (sim privileged state on sim/state)
-    cameras: tuple = ('front', 'wrist')
+    cameras: tuple = C.CAMERAS
     feature_dim: int = 64               # per camera, must match the learner's encoder
     image_size: int = 128
     encoder_checkpoint: str = ''        # local ResNet-10 safetensors; '' = seeded random weights
-    joint_names: tuple = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6')
+    joint_names: tuple = C.ARM_JOINTS
     joint_lower: tuple = (-3.1, -2.0, -2.6, -3.1, -2.0, -3.1)
     joint_upper: tuple = (3.1, 2.0, 2.6, 3.1, 2.0, 3.1)
-    max_joint_delta: float = 0.05       # rad per tick; sampled deltas are clipped to this
+    max_joint_delta: float = C.MAX_JOINT_DELTA  # rad per tick; sampled deltas are clipped to this
     ee_box_min: tuple = (-0.3, -0.5, -0.05)  # metres, base frame
     ee_box_max: tuple = (0.9, 0.5, 0.8)
     staleness_s: float = 0.5            # inputs older than this -> hold position (watchdog)
@@ -163,40 +159,39 @@ class PolicyNode(Node):
         self._reset_stamp_ns = 0
         self.ticks = 0
 
-        sensors = qos_profile_sensor_data
+        q = C.qos
         g = self._guard
-        self.create_subscription(JointState, 'joint_states', g('joint_states', self.on_joint_states), sensors)
+        self.create_subscription(JointState, C.JOINT_STATES, g('joint_states', self.on_joint_states),
+                                 q(C.JOINT_STATES))
         for c in cfg.cameras if cfg.obs_mode == 'pixels' else ():
-            self.create_subscription(Image, f'cameras/{c}/image_raw',
-                                     g(f'cameras/{c}', lambda m, c=c: self.on_image(c, m)), sensors)
+            self.create_subscription(Image, C.camera_topic(c),
+                                     g(f'cameras/{c}', lambda m, c=c: self.on_image(c, m)), q(C.camera_topic(c)))
         if cfg.obs_mode == 'state':
-            self.create_subscription(Float32MultiArray, 'sim/state', g('sim/state', self.on_state), sensors)
-        self.create_subscription(PoseStamped, 'ee_pose', g('ee_pose', self.on_ee), sensors)
-        self.create_subscription(Bool, 'poco/estop', g('estop', self.on_estop), LATCHED)
-        self.create_subscription(Bool, 'poco/success', g('success', self.on_success), RELIABLE)
+            self.create_subscription(Float32MultiArray, C.SIM_STATE, g('sim/state', self.on_state), q(C.SIM_STATE))
+        self.create_subscription(PoseStamped, C.EE_POSE, g('ee_pose', self.on_ee), q(C.EE_POSE))
+        self.create_subscription(Bool, C.ESTOP, g('estop', self.on_estop), q(C.ESTOP))
+        self.create_subscription(Bool, C.SUCCESS, g('success', self.on_success), q(C.SUCCESS))
         # raw: the control executor only takes the serialised bytes; parsing, checks, deserialisation and the
         # test forward pass run on the weights worker thread (the swap itself waits for a chunk boundary)
         self.weights_worker = Mailbox(self._weights_guarded, 'poco-weights')
-        self.create_subscription(PolicyWeights, 'poco/policy_weights', g('weights', self.on_weights), LATCHED,
-                                 raw=True)
-        self.create_subscription(ActionChunk, 'teleop/action', g('teleop', self.on_teleop), RELIABLE)
+        self.create_subscription(PolicyWeights, C.POLICY_WEIGHTS, g('weights', self.on_weights),
+                                 q(C.POLICY_WEIGHTS), raw=True)
+        self.create_subscription(ActionChunk, C.TELEOP_ACTION, g('teleop', self.on_teleop), q(C.TELEOP_ACTION))
 
-        self.cmd_pub = self.create_publisher(JointState, 'joint_commands', QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.transition_pub = self.create_publisher(Transition, 'poco/transition', QoSProfile(
-            depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.event_pub = self.create_publisher(EpisodeEvent, 'poco/episode_event', QoSProfile(
-            depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.chunk_pub = self.create_publisher(ActionChunk, 'poco/action_chunk', RELIABLE)
-        self.marker_pub = self.create_publisher(MarkerArray, 'poco/chunk_markers', RELIABLE)
-        self.box_pub = self.create_publisher(Marker, 'poco/safety_box', LATCHED)
-        self.tick_pub = self.create_publisher(PolicyTick, 'poco/policy_tick', RELIABLE)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE)
-        self.reset_client = self.create_client(Reset, 'poco/reset')
-        self.create_service(SetMode, 'poco/set_mode', self._guard_service('set_mode', self.on_set_mode))
-        self.create_service(Trigger, 'poco/start_episode', self._guard_service('start_episode', self.on_start_episode))
+        self.cmd_pub = self.create_publisher(JointState, C.JOINT_COMMANDS, q(C.JOINT_COMMANDS))
+        self.transition_pub = self.create_publisher(Transition, C.TRANSITION, q(C.TRANSITION))
+        self.event_pub = self.create_publisher(EpisodeEvent, C.EPISODE_EVENT, q(C.EPISODE_EVENT))
+        self.chunk_pub = self.create_publisher(ActionChunk, C.ACTION_CHUNK, q(C.ACTION_CHUNK))
+        self.marker_pub = self.create_publisher(MarkerArray, C.CHUNK_MARKERS, q(C.CHUNK_MARKERS))
+        self.box_pub = self.create_publisher(Marker, C.SAFETY_BOX, q(C.SAFETY_BOX))
+        self.tick_pub = self.create_publisher(PolicyTick, C.POLICY_TICK, q(C.POLICY_TICK))
+        self.diag_pub = self.create_publisher(DiagnosticArray, C.DIAGNOSTICS, q(C.DIAGNOSTICS))
+        self.reset_client = self.create_client(Reset, C.RESET_SERVICE)
+        self.create_service(SetMode, C.SET_MODE_SERVICE, self._guard_service('set_mode', self.on_set_mode))
+        self.create_service(Trigger, C.START_EPISODE_SERVICE,
+                            self._guard_service('start_episode', self.on_start_episode))
         # operator's start button (real robot): same as the service
-        self.create_subscription(Bool, 'poco/start', g('start', self.on_start_button), RELIABLE)
+        self.create_subscription(Bool, C.START_BUTTON, g('start', self.on_start_button), q(C.START_BUTTON))
         self._reset_future = None
         self._reset_started = 0.0
 
@@ -261,7 +256,7 @@ class PolicyNode(Node):
         if missing:
             raise self._insane('missing joint', f'missing joints {missing}')
         q = np.asarray([pos[n] for n in self.cfg.joint_names], dtype=np.float64)
-        g = float(pos.get('gripper', self.gripper))
+        g = float(pos.get(C.GRIPPER_JOINT, self.gripper))
         tol = self.cfg.joint_limit_tolerance
         if not (np.isfinite(q).all() and math.isfinite(g)):
             raise self._insane('non-finite', f'joint_states: {q.tolist()} gripper {g}')
@@ -492,7 +487,7 @@ class PolicyNode(Node):
         q_target, gripper = bounded, float(np.clip(gripper, 0.0, 1.0))
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()  # sim time: the tick's time (the sim waits for it)
-        msg.name = list(self.cfg.joint_names) + ['gripper']
+        msg.name = list(self.cfg.joint_names) + [C.GRIPPER_JOINT]
         msg.position = [float(x) for x in q_target] + [float(gripper)]
         self.cmd_pub.publish(msg)
         self.last_cmd = np.concatenate([q_target, [gripper]])

@@ -30,7 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-NUM_JOINTS = 6
+from poco_policy import contract
+from poco_policy.contract import NUM_JOINTS
 # key -> (joint index, direction)
 JOINT_KEYS = {k: (j, s) for j, (kp, km) in enumerate(('qa', 'ws', 'ed', 'rf', 'tg', 'yh'))
               for k, s in ((kp, 1.0), (km, -1.0))}
@@ -39,7 +40,7 @@ JOINT_KEYS = {k: (j, s) for j, (kp, km) in enumerate(('qa', 'ws', 'ed', 'rf', 't
 @dataclass
 class TeleopConfig:
     control_rate_hz: float = 15.0
-    max_joint_delta: float = 0.05            # rad per tick; every output delta is clipped to it (= policy's)
+    max_joint_delta: float = contract.MAX_JOINT_DELTA  # rad per tick; every output delta is clipped to it (= policy's)
     keyboard: bool = True                    # read the terminal (only when stdin is a TTY)
     key_step: float = 0.5                    # one key press = key_step * max_joint_delta on that joint
     joy_topic: str = 'joy'
@@ -53,7 +54,7 @@ class TeleopConfig:
     joy_toggle_button: int = 4               # rising edge toggles intervention (-1 = none)
     joy_deadman_button: int = -1             # >= 0: intervene only while this button is held
     gripper_initial: float = 1.0             # used when no joint_states has been seen
-    output_topic: str = 'teleop/action'
+    output_topic: str = contract.TELEOP_ACTION
 
 
 def _clip_delta(x: np.ndarray, m: float) -> np.ndarray:
@@ -204,7 +205,6 @@ def main(args=None):
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import JointState, Joy
 
     from poco_msgs.msg import ActionChunk
@@ -218,10 +218,10 @@ def main(args=None):
             self.lock = threading.Lock()
             # reliable like the policy node's subscription (a dropped teleop tick would hand control back)
             self.pub = self.create_publisher(ActionChunk, self.cfg.output_topic,
-                                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                                        history=HistoryPolicy.KEEP_LAST))
-            self.create_subscription(Joy, self.cfg.joy_topic, self.on_joy, qos_profile_sensor_data)
-            self.create_subscription(JointState, 'joint_states', self.on_joint_states, qos_profile_sensor_data)
+                                             contract.qos(contract.TELEOP_ACTION))
+            self.create_subscription(Joy, self.cfg.joy_topic, self.on_joy, contract.qos('sensor'))
+            self.create_subscription(JointState, contract.JOINT_STATES, self.on_joint_states,
+                                     contract.qos(contract.JOINT_STATES))
             self.create_timer(1.0 / self.cfg.control_rate_hz, self.on_tick)
             self.was_intervening = False
 
@@ -230,8 +230,8 @@ def main(args=None):
                 self.mapper.on_joy(msg.axes, msg.buttons, time.monotonic())
 
         def on_joint_states(self, msg):
-            if 'gripper' in msg.name:
-                i = list(msg.name).index('gripper')
+            if contract.GRIPPER_JOINT in msg.name:
+                i = list(msg.name).index(contract.GRIPPER_JOINT)
                 if i < len(msg.position):
                     with self.lock:
                         self.mapper.set_measured_gripper(float(msg.position[i]))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ARM_JOINTS = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6')
-CAMERAS = ('front', 'wrist')
+from poco_policy.contract import ARM_JOINTS, CAMERAS, MAX_JOINT_DELTA
+
 # End-effector box [cm] in base_link: xmin, xmax, ymin, ymax, zmin, zmax. Violations are reported, not enforced.
 DEFAULT_BBOX_CM = (15.0, 75.0, -40.0, 40.0, 0.0, 60.0)
 
@@ -21,7 +21,7 @@ class SimNodeConfig:
     control_rate_hz: float = 15.0       # sim ticks per simulated second (one env step per tick)
     real_time_factor: float = 1.0       # >= 1: ticks per wall second = control_rate_hz * real_time_factor
     seed: int = 0                       # seed of the first episode and of the node's reset-seed sequence
-    max_joint_delta: float = 0.05       # rad per tick (env action bound; also the reported contract value)
+    max_joint_delta: float = MAX_JOINT_DELTA  # rad per tick (env action bound; also the reported contract value)
     max_target_step: float = 0.1        # rad: a command is clamped to measured q +- this (driver speed limit)
     object_range: float = 0.05          # half-width [m] of the square in which the object / hole xy is drawn
     max_steps: int = 0                  # env step limit H (0 = task default); the policy node ends episodes

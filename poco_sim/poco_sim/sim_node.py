@@ -36,24 +36,19 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, MultiArrayDimension
 
 from poco_msgs.msg import LearnerPace, PolicyTick
 from poco_msgs.srv import Reset
+from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
 from poco_policy.runtime import BadInput, DropCounter, diagnostics
 from poco_sim.config import CAMERAS, SimNodeConfig
 from poco_sim.envs import TASKS, make_env
 
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-COMMANDS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                     history=HistoryPolicy.KEEP_LAST)
-GRIPPER = 'gripper'
+GRIPPER = C.GRIPPER_JOINT
 POLL_S = 0.005  # pacing: how often timeouts and the wall-clock pace are checked (acks step at once)
 CLOCK_RESEND_S = 0.2  # pacing: re-send /clock when the policy has not acknowledged for this long (rclpy reads
                       # /clock best-effort: a lost message would otherwise cost a whole pace_timeout_s)
@@ -182,25 +177,26 @@ class SimNode(Node):
         self.clock_resent = 0
         self._rtf = 0.0
 
-        sensors = qos_profile_sensor_data
-        self.js_pub = self.create_publisher(JointState, 'joint_states', sensors)
-        self.ee_pub = self.create_publisher(PoseStamped, 'ee_pose', sensors)
-        self.state_pub = self.create_publisher(Float32MultiArray, 'sim/state', sensors)
+        q = C.qos
+        self.js_pub = self.create_publisher(JointState, C.JOINT_STATES, q(C.JOINT_STATES))
+        self.ee_pub = self.create_publisher(PoseStamped, C.EE_POSE, q(C.EE_POSE))
+        self.state_pub = self.create_publisher(Float32MultiArray, C.SIM_STATE, q(C.SIM_STATE))
         self.img_pubs = {}
         if cfg.obs_mode == 'pixels':
-            self.img_pubs = {c: self.create_publisher(Image, f'cameras/{c}/image_raw', sensors) for c in cfg.cameras}
-        self.success_pub = self.create_publisher(Bool, 'poco/success', RELIABLE)
-        self.clock_pub = self.create_publisher(Clock, '/clock', COMMANDS) if cfg.sim_time else None
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE)
-        self.create_subscription(JointState, 'joint_commands', self._guard('joint_commands', self.on_command),
-                                 COMMANDS)
-        self.create_subscription(Bool, 'poco/estop', self._guard('estop', self.on_estop), LATCHED)
-        self.create_service(Reset, 'poco/reset', self.on_reset)
+            self.img_pubs = {c: self.create_publisher(Image, C.camera_topic(c), q(C.camera_topic(c)))
+                             for c in cfg.cameras}
+        self.success_pub = self.create_publisher(Bool, C.SUCCESS, q(C.SUCCESS))
+        self.clock_pub = self.create_publisher(Clock, C.CLOCK, q(C.CLOCK)) if cfg.sim_time else None
+        self.diag_pub = self.create_publisher(DiagnosticArray, C.DIAGNOSTICS, q(C.DIAGNOSTICS))
+        self.create_subscription(JointState, C.JOINT_COMMANDS, self._guard('joint_commands', self.on_command),
+                                 q(C.JOINT_COMMANDS))
+        self.create_subscription(Bool, C.ESTOP, self._guard('estop', self.on_estop), q(C.ESTOP))
+        self.create_service(Reset, C.RESET_SERVICE, self.on_reset)
         if cfg.pacing:
-            self.create_subscription(PolicyTick, 'poco/policy_tick', self._guard('policy_tick', self.on_policy_tick),
-                                     RELIABLE)
-            self.create_subscription(LearnerPace, 'poco/learner_pace', self._guard('learner_pace', self.on_pace),
-                                     COMMANDS)
+            self.create_subscription(PolicyTick, C.POLICY_TICK, self._guard('policy_tick', self.on_policy_tick),
+                                     q(C.POLICY_TICK))
+            self.create_subscription(LearnerPace, C.LEARNER_PACE, self._guard('learner_pace', self.on_pace),
+                                     q(C.LEARNER_PACE))
             self.timer = self.create_timer(POLL_S, self._guard('pace', self.maybe_step))
         else:
             period = 1.0 / (cfg.control_rate_hz * cfg.real_time_factor)

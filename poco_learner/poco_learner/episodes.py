@@ -14,11 +14,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from poco_policy.contract import (EVENT_ESTOP as ESTOP, EVENT_FAILURE as FAILURE, EVENT_RESET as RESET,
+                                  EVENT_START as START, EVENT_SUCCESS as SUCCESS, EVENT_TIMEOUT as TIMEOUT,
+                                  END_EVENT_CODES)
+
 log = logging.getLogger('poco_learner.episodes')
 
-# EpisodeEvent constants (kept here so this module needs no ROS import)
-START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = range(6)
-END_EVENTS = {SUCCESS, FAILURE, ESTOP, TIMEOUT}
+END_EVENTS = set(END_EVENT_CODES)  # poco_msgs/EpisodeEvent codes, from the contract (no ROS import)
 
 
 @dataclass

@@ -24,9 +24,8 @@ import numpy as np
 from poco_learner.agent import AgentConfig
 from poco_learner.buffer import BufferConfig
 from poco_learner.episodes import EpisodeAssembler, RewardConfig
+from poco_policy.contract import ACTION_DIM, MAX_JOINT_DELTA
 from poco_policy.encoder import EncoderConfig
-
-ACTION_DIM = 7
 PROGRESS_EVERY_S = 0.5   # how often the update counters go to <run_dir>/progress.json (a small atomic write)
 
 
@@ -47,7 +46,7 @@ class LearnerConfig:
     # observation size (features + 7 proprio) when neither a demo dataset nor a stored buffer gives it;
     # never taken from the first message (one bad message would fix it for the whole run)
     obs_dim: int = 0
-    max_joint_delta: float = 0.05        # rad per tick: the action normalisation (must equal the policy's)
+    max_joint_delta: float = MAX_JOINT_DELTA  # rad per tick: the action normalisation (must equal the policy's)
     utd_ratio: float = 1.0               # gradient updates per new online env step (critic warm-up included)
     publish_every: int = 50              # actor updates between weight publications
     checkpoint_every_s: float = 5.0      # a kill -9 loses at most this much training (plus the buffer: nothing)

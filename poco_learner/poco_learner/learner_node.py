@@ -25,19 +25,17 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from poco_msgs.msg import EpisodeEvent, LearnerPace, LearnerStatus, PolicyWeights, Transition
 
+from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
 from poco_policy.runtime import BadInput, DropCounter, diagnostics, use_sim_time_from_env
 from poco_learner.learner import LearnerConfig as LearnerNodeConfig  # one config, same names as ROS params
 
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                     history=HistoryPolicy.KEEP_LAST)
 PACE_PERIOD_S = 0.02          # poco/learner_pace at 50 Hz of wall time
 MAX_FEATURES = 100_000        # a transition's observation can never be larger than this
-END_EVENTS = (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE, EpisodeEvent.ESTOP, EpisodeEvent.TIMEOUT)
+END_EVENTS = C.END_EVENT_CODES
 
 
 class LearnerNode(Node):
@@ -59,19 +57,15 @@ class LearnerNode(Node):
         if 'explicit' in inspect.signature(Learner).parameters:  # the names the user set win over a preset
             kw['explicit'] = getattr(self, 'explicit_parameters', None)
         self.core = Learner(cfg, log=self._log, **kw)
-        self.create_subscription(Transition, 'poco/transition', self._guard('transition', self.on_transition),
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
-                                            history=HistoryPolicy.KEEP_LAST))
-        self.create_subscription(EpisodeEvent, 'poco/episode_event', self._guard('episode_event', self.on_event),
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                                            history=HistoryPolicy.KEEP_LAST))
-        self.weights_pub = self.create_publisher(PolicyWeights, 'poco/policy_weights', LATCHED)
-        self.status_pub = self.create_publisher(LearnerStatus, 'poco/learner_status', QoSProfile(
-            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.pace_pub = self.create_publisher(LearnerPace, 'poco/learner_pace', QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(
-            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        q = C.qos
+        self.create_subscription(Transition, C.TRANSITION, self._guard('transition', self.on_transition),
+                                 q(C.TRANSITION))
+        self.create_subscription(EpisodeEvent, C.EPISODE_EVENT, self._guard('episode_event', self.on_event),
+                                 q(C.EPISODE_EVENT))
+        self.weights_pub = self.create_publisher(PolicyWeights, C.POLICY_WEIGHTS, q(C.POLICY_WEIGHTS))
+        self.status_pub = self.create_publisher(LearnerStatus, C.LEARNER_STATUS, q(C.LEARNER_STATUS))
+        self.pace_pub = self.create_publisher(LearnerPace, C.LEARNER_PACE, q(C.LEARNER_PACE))
+        self.diag_pub = self.create_publisher(DiagnosticArray, C.DIAGNOSTICS, q(C.DIAGNOSTICS))
         self.core.publish_fn = self.publish_weights
         self.core.phase_fn = self.publish_status
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -145,7 +139,7 @@ class LearnerNode(Node):
                                 m.final_observation)
 
     def on_event(self, m: EpisodeEvent):
-        if m.event not in (EpisodeEvent.START, EpisodeEvent.RESET, *END_EVENTS):
+        if m.event not in (C.EVENT_START, C.EVENT_RESET, *END_EVENTS):
             raise BadInput('unknown event', f'event code {m.event}')
         self.core.on_event(m.episode_id, m.event, m.step_count, m.evaluation)
 

@@ -32,20 +32,23 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from poco_policy import contract as C
+
 log = logging.getLogger('poco_learner.bag_io')
 
 # ---------------------------------------------------------------------------------------------- topics & types
-T_FRONT = 'cameras/front/image_raw'
-T_WRIST = 'cameras/wrist/image_raw'
-T_JOINTS = 'joint_states'
-T_COMMANDS = 'joint_commands'
-T_EE = 'ee_pose'
-T_SUCCESS = 'poco/success'
-T_ESTOP = 'poco/estop'
-T_EVENT = 'poco/episode_event'
-T_TRANSITION = 'poco/transition'
-T_TELEOP = 'teleop/action'
-T_CHUNK = 'poco/action_chunk'
+# names, event codes and the joint layout come from the contract (poco_policy.contract, no ROS import)
+T_FRONT = C.camera_topic('front')
+T_WRIST = C.camera_topic('wrist')
+T_JOINTS = C.JOINT_STATES
+T_COMMANDS = C.JOINT_COMMANDS
+T_EE = C.EE_POSE
+T_SUCCESS = C.SUCCESS
+T_ESTOP = C.ESTOP
+T_EVENT = C.EPISODE_EVENT
+T_TRANSITION = C.TRANSITION
+T_TELEOP = C.TELEOP_ACTION
+T_CHUNK = C.ACTION_CHUNK
 
 # Relative topic name -> message type (the contract table of docs/architecture.md).
 TOPIC_TYPES: dict[str, str] = {
@@ -64,15 +67,16 @@ TOPIC_TYPES: dict[str, str] = {
 # What `bag_record` records by default (transitions are optional but cheap and let a replay feed a learner).
 DEFAULT_RECORD_TOPICS = (T_FRONT, T_WRIST, T_JOINTS, T_COMMANDS, T_EE, T_SUCCESS, T_ESTOP, T_EVENT,
                          T_TRANSITION, T_TELEOP)
-CAMERAS = ('front', 'wrist')
+CAMERAS = C.CAMERAS
 CAMERA_TOPICS = {'front': T_FRONT, 'wrist': T_WRIST}
 REQUIRED_INGEST_TOPICS = (T_JOINTS, T_COMMANDS, T_EVENT, T_FRONT, T_WRIST)
-JOINT_NAMES = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6')
-GRIPPER_NAME = 'gripper'
-ARM_DOF = 6
+JOINT_NAMES = C.ARM_JOINTS
+GRIPPER_NAME = C.GRIPPER_JOINT
+ARM_DOF = C.NUM_JOINTS
 
-# poco_msgs/EpisodeEvent constants (no ROS import here)
-START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = range(6)
+# poco_msgs/EpisodeEvent codes
+START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = (C.EVENT_START, C.EVENT_SUCCESS, C.EVENT_FAILURE, C.EVENT_ESTOP,
+                                                  C.EVENT_TIMEOUT, C.EVENT_RESET)
 END_EVENTS = {SUCCESS: 'success', FAILURE: 'failure', ESTOP: 'estop', TIMEOUT: 'timeout'}
 
 STORAGES = ('mcap', 'sqlite3')
@@ -470,7 +474,7 @@ class IngestConfig:
     namespace: Optional[str] = None       # robot namespace in the bag (None = auto, error when ambiguous)
     image_size: Optional[int] = None      # resize frames to image_size x image_size (None = keep)
     task: Optional[str] = None            # recorded in meta.json (default: the bag's custom data, else 'unknown')
-    max_joint_delta: float = 0.05         # rad per tick; deltas beyond it are clipped (and counted)
+    max_joint_delta: float = C.MAX_JOINT_DELTA  # rad per tick; deltas beyond it are clipped (and counted)
     include_evaluation: bool = False      # evaluation episodes are not training data by default
     keep_unfinished: bool = False         # episodes without an end event: drop (default) or keep as timeouts
     strict: bool = False                  # stale / missing observations: error (True) or drop the episode

@@ -25,15 +25,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from poco_policy import contract
 from . import bag_io
 from .bag_io import BagError
 
 log = logging.getLogger('poco_learner.bags')
 
-# Topics published with the sensor-data profile (best effort, small queue), per the contract table.
-SENSOR_TOPICS = {bag_io.T_FRONT, bag_io.T_WRIST, bag_io.T_JOINTS, bag_io.T_EE}
-# Queue depths of the contract table (reliable topics); others use 10.
-TOPIC_DEPTH = {bag_io.T_EVENT: 100, bag_io.T_TRANSITION: 1000, bag_io.T_COMMANDS: 10, bag_io.T_ESTOP: 1}
+# QoS per topic: poco_policy.contract's table (topics outside it: its default profile, reliable depth 10).
 
 
 _rel = bag_io.contract_topic
@@ -131,28 +129,22 @@ def to_rclpy(src: Any, cls: Any) -> Any:
 
 # ============================================================================================ QoS
 def contract_qos(rel: str):
-    """QoS of the contract table for a (relative) topic name."""
-    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                           qos_profile_sensor_data)
-    if rel in SENSOR_TOPICS:
-        return qos_profile_sensor_data
-    depth = TOPIC_DEPTH.get(rel, 10)
-    # e-stop: transient-local so a subscriber asking for the latched state (policy, sim) still matches us.
-    durability = DurabilityPolicy.TRANSIENT_LOCAL if rel == bag_io.T_ESTOP else DurabilityPolicy.VOLATILE
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=durability)
+    """rclpy QoS of the contract (poco_policy.contract) for a (relative) topic name: what the graph's own
+    publishers use, so a replay is indistinguishable from them (e-stop and weights latched, sensors best effort)."""
+    return contract.to_rclpy(contract.topic_qos_spec(rel))
 
 
 def _record_qos(rel: str, pub_qos: list):
     """Subscription QoS compatible with every current publisher (as rosbag2 does): reliable / transient-local
-    only when all publishers offer it, so we never fail to match one."""
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    only when all publishers offer it, so we never fail to match one. Depth: the contract's, at least 10
+    (30 for best-effort sensor topics): the recorder must not drop what a burst delivers."""
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
     rel_ok = bool(pub_qos) and all(q.reliability == ReliabilityPolicy.RELIABLE for q in pub_qos)
     tl_ok = bool(pub_qos) and all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in pub_qos)
-    depth = max(TOPIC_DEPTH.get(rel, 10), 10 if rel not in SENSOR_TOPICS else 30)
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=ReliabilityPolicy.RELIABLE if rel_ok else ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL if tl_ok else DurabilityPolicy.VOLATILE)
+    spec = contract.topic_qos_spec(rel)
+    depth = max(spec.depth, 30 if spec.reliability == 'best_effort' else 10)
+    return contract.to_rclpy(contract.QosSpec(depth, 'reliable' if rel_ok else 'best_effort',
+                                              'transient_local' if tl_ok else 'volatile'))
 
 
 def _qos_to_rosbags(q):
@@ -303,7 +295,7 @@ def write_expert_bag(out: str, task: str = 'pick_cube', episodes: int = 5, seed:
     expert = ScriptedExpert(env, noise_std=noise_std, seed=seed)
     ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
     custom = {'task': task, 'source': 'sim_expert', 'control_rate_hz': str(rate_hz), 'seed': str(seed),
-              'max_joint_delta': str(getattr(base, 'max_joint_delta', 0.05))}
+              'max_joint_delta': str(getattr(base, 'max_joint_delta', contract.MAX_JOINT_DELTA))}
     eps = []
     try:
         with bag_io.BagWriter(out, storage, custom_data=custom) as w:
@@ -444,7 +436,7 @@ def ingest_main(argv=None) -> int:
     p.add_argument('--namespace', default=None, help='robot namespace in the bag (default: auto)')
     p.add_argument('--image-size', type=int, default=None, help='resize frames to N x N (default: keep)')
     p.add_argument('--task', default=None)
-    p.add_argument('--max-joint-delta', type=float, default=0.05)
+    p.add_argument('--max-joint-delta', type=float, default=contract.MAX_JOINT_DELTA)
     p.add_argument('--include-evaluation', action='store_true')
     p.add_argument('--keep-unfinished', action='store_true', help='keep episodes without end event (timeouts)')
     p.add_argument('--strict', action='store_true', help='error on stale observations instead of dropping')

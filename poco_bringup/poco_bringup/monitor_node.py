@@ -20,9 +20,9 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from poco_msgs.msg import ActionChunk, EpisodeEvent, LearnerStatus
+from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
 from poco_policy.runtime import use_sim_time_from_env
 from visualization_msgs.msg import Marker
@@ -45,10 +45,6 @@ class MonitorNodeConfig:
     stop_after_steps: int = 0
 
 
-def _reliable(depth: int) -> QoSProfile:
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-
-
 class MonitorNode(Node):
     def __init__(self, **kwargs):
         super().__init__('monitor', **kwargs)
@@ -65,10 +61,11 @@ class MonitorNode(Node):
         self.errors = 0
         self._dirty = True  # plot needs refreshing
         self._last_progress = 0.0
-        self.create_subscription(EpisodeEvent, 'poco/episode_event', self._guard(self.on_event), _reliable(100))
-        self.create_subscription(LearnerStatus, 'poco/learner_status', self._guard(self.on_status), _reliable(10))
-        self.create_subscription(ActionChunk, 'poco/action_chunk', self._guard(self.on_chunk), _reliable(10))
-        self.marker_pub = self.create_publisher(Marker, 'poco/status_marker', _reliable(1)) \
+        self.create_subscription(EpisodeEvent, C.EPISODE_EVENT, self._guard(self.on_event), C.qos(C.EPISODE_EVENT))
+        self.create_subscription(LearnerStatus, C.LEARNER_STATUS, self._guard(self.on_status),
+                                 C.qos(C.LEARNER_STATUS))
+        self.create_subscription(ActionChunk, C.ACTION_CHUNK, self._guard(self.on_chunk), C.qos(C.ACTION_CHUNK))
+        self.marker_pub = self.create_publisher(Marker, C.STATUS_MARKER, C.qos(C.STATUS_MARKER)) \
             if cfg.status_marker else None
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(max(cfg.plot_period_s, 1.0), self._guard(self.plot), clock=steady)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ACTION_DIM = 7
+from poco_policy.contract import ACTION_DIM
 
 
 def _set_override(s: str) -> tuple[str, Any]:

@@ -29,12 +29,12 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from poco_policy.contract import ACTION_DIM, PROPRIO_DIM
+
 _log = logging.getLogger(__name__)
 
 META_NAME = 'meta.json'
 EPISODE_RE = re.compile(r'^episode_(\d{6,})\.npz$')
-ACTION_DIM = 7
-PROPRIO_DIM = 7
 REQUIRED_META = {'task': str, 'obs_mode': str, 'image_size': int, 'cameras': list, 'max_joint_delta': float}
 
 

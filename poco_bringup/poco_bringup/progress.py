@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from poco_bringup.plotting import eval_windows
-
-START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = range(6)  # poco_msgs/EpisodeEvent constants
+from poco_policy.contract import (EVENT_ESTOP as ESTOP, EVENT_FAILURE as FAILURE, EVENT_RESET as RESET,
+                                  EVENT_START as START, EVENT_SUCCESS as SUCCESS, EVENT_TIMEOUT as TIMEOUT)
 OUTCOMES = {SUCCESS: 'success', FAILURE: 'failure', ESTOP: 'estop', TIMEOUT: 'timeout'}
 
 EPISODE_FIELDS = ['wall_time', 'elapsed_s', 'episode_id', 'evaluation', 'outcome', 'success', 'steps',

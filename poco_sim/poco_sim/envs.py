@@ -20,7 +20,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from poco_sim.config import ARM_JOINTS, CAMERAS, DEFAULT_BBOX_CM
+from poco_sim.config import ARM_JOINTS, CAMERAS, DEFAULT_BBOX_CM, MAX_JOINT_DELTA
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 GRIPPER_NAME = 'gripper'
@@ -77,7 +77,7 @@ class PocoArmEnv(gymnasium.Env):
 
     def __init__(self, task: str = 'pick_cube', obs_mode: str = 'pixels', image_size: int = 128,
                  max_steps: int | None = None, object_range: float | Sequence[float] | None = None,
-                 seed: int | None = None, *, control_rate_hz: float = 15.0, max_joint_delta: float = 0.05,
+                 seed: int | None = None, *, control_rate_hz: float = 15.0, max_joint_delta: float = MAX_JOINT_DELTA,
                  bbox_cm: Sequence[float] = DEFAULT_BBOX_CM, physics_dt: float = 0.0035,
                  init_qpos_noise: float = 0.02, target_ramp: float = 0.5, render_quality: str = 'fast',
                  cameras: Sequence[str] = CAMERAS, render_mode: str | None = None):

@@ -62,6 +62,9 @@ class NodeSpec:
     arguments: list[str] = field(default_factory=list)  # plain argv before --ros-args (e.g. rviz2 -d)
     output_prefix: str = ''  # log line prefix; '' = '[name]'
     required: bool = True  # the graph stops when a required node exits
+    # restart the node when it exits (launch_ros respawn/respawn_delay; the runner does the same)
+    respawn: bool = False
+    respawn_delay: float = 2.0
     env: dict[str, str] = field(default_factory=dict)
     # Runner only: explicit argv instead of install/<pkg>/lib/<pkg>/<exe> (tests, custom graphs).
     command: list[str] = field(default_factory=list)
@@ -94,6 +97,8 @@ class NodeSpec:
             kw['arguments'] = list(self.arguments)
         if self.env:
             kw['additional_env'] = dict(self.env)
+        if self.respawn:
+            kw['respawn'], kw['respawn_delay'] = True, float(self.respawn_delay)
         return kw
 
 
@@ -127,6 +132,7 @@ class GraphArgs:
     seed: str = _arg('', 'seed for sim, policy and learner; "" = the YAML values')
     monitor: bool = _arg(True, 'start the monitor node (progress line, CSV, learning curve)')
     rviz: bool = _arg(False, 'start rviz2 with config/poco.rviz')
+    respawn: bool = _arg(False, 'restart the learner when it exits (after 2 s); it resumes its checkpoint and buffer')
     params_files: list[str] = _arg((), 'extra ROS params files, applied after the package configs')
     overrides: list[str] = _arg((), 'node.param=value overrides, applied last')
 
@@ -284,6 +290,7 @@ def _node(package: str, executable: str, name: str, a: GraphArgs, files: list[Pa
 def _learner(a: GraphArgs, files: list[Path]) -> NodeSpec:
     spec = _node('poco_learner', 'learner_node', 'learner', a, files)
     spec.required = False  # the robot survives the learner: it acts on its last good weights meanwhile
+    spec.respawn = bool(a.respawn)
     return spec
 
 

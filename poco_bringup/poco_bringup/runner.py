@@ -13,6 +13,10 @@ Before anything starts (also for --dry-run), every node's effective parameters (
 --set) are checked against the config dataclass the node declares: an unknown name or a wrong type is an
 error naming the parameter and the type it expects.
 
+A node marked `respawn` (the learner with --respawn) is started again `respawn_delay` s after it exits while
+the graph runs, with the same command line and environment (launch_ros `respawn=True`); its exits are logged and
+counted as crashes in the final report (exit status 1 when one was not a clean stop).
+
 Every child gets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (workplace rule: loopback only) and the run's
 ROS_DOMAIN_ID (--domain-id, else $ROS_DOMAIN_ID, else a free one picked per run). Each child runs in its own
 process group; log lines are prefixed with `[name]`. Ctrl-C / SIGTERM / --duration stop everything: SIGINT,
@@ -230,6 +234,10 @@ class Child:
         self.stop_signal: Optional[int] = None  # strongest signal we sent
         self.crashed = False
         self.reader: Optional[threading.Thread] = None
+        self.restarts = 0
+        self.restart_at: Optional[float] = None      # monotonic time of a pending respawn
+        self.past_exits: list[str] = []              # exits of earlier instances (respawned nodes)
+        self.pids: list[int] = []
 
     @property
     def name(self):
@@ -240,6 +248,17 @@ class Child:
             self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**env, **self.spec.env}, start_new_session=True,  # own process group, Ctrl-C goes via us
             preexec_fn=lambda pid=os.getpid(): _die_with_parent(pid))
+        self.pids.append(self.popen.pid)
+
+    def restart(self, env: dict):
+        """A new instance of an exited node (respawn). The runner has threads by now; the preexec_fn only calls
+        prctl and getppid through an already loaded libc, which needs no lock another thread could hold."""
+        self.join_reader()
+        self.past_exits.append(self.describe_exit())
+        self.rc, self.stop_signal, self.restart_at = None, None, None
+        self.restarts += 1
+        self.start(env)
+        self.start_reader()
 
     def start_reader(self):
         self.reader = threading.Thread(target=self._read, name=f'log-{self.name}', daemon=True)
@@ -356,6 +375,9 @@ class Runner:
             for c in self.children:
                 if c.rc is None and c.poll() is not None:
                     self._on_exit(c)
+                if c.restart_at is not None and time.monotonic() >= c.restart_at and self.stop_reason is None:
+                    c.restart(self.env)
+                    self.out.runner(f'restarted {c.name} (pid {c.popen.pid}, restart {c.restarts})')
             if deadline is not None and time.monotonic() >= deadline:
                 self.request_stop(f'duration of {duration:g} s reached')
             self._wake.wait(0.1)
@@ -371,6 +393,9 @@ class Runner:
             self.out.runner(f'{c.name} exited ({c.describe_exit()})')
         if c.spec.required:
             self.request_stop(f'required node {c.name} exited')
+        elif c.spec.respawn and self.stop_reason is None:
+            c.restart_at = time.monotonic() + c.spec.respawn_delay
+            self.out.runner(f'respawn: restarting {c.name} in {c.spec.respawn_delay:g} s')
 
     def _wait_all(self, timeout: float, grace: bool = True) -> list[Child]:
         """Poll until all children exited or `timeout`; a second Ctrl-C cuts grace periods short."""
@@ -418,6 +443,8 @@ class Runner:
                 status = f'ok (needed {signal.Signals(c.stop_signal).name})'
             if c.crashed:
                 failed.append(c.name)
+            if c.restarts:
+                status += f' (restarted {c.restarts}x after: {", ".join(c.past_exits)})'
             self.out.runner(f'  {c.name:<12} {c.describe_exit():<22} {status}')
         if failed:
             self.out.runner(f'FAILED: crashed node(s): {", ".join(failed)} (logs: {self.run_dir / "logs"})')
@@ -444,7 +471,8 @@ class Runner:
     def summary(self) -> list[dict]:
         return [dict(name=c.name, package=c.spec.package, executable=c.spec.executable, fqn=c.spec.fqn,
                      command=c.cmd, pid=c.popen.pid if c.popen else None, exit=c.rc, crashed=c.crashed,
-                     log=str(c.log_path)) for c in self.children]
+                     log=str(c.log_path), restarts=c.restarts, pids=c.pids, past_exits=c.past_exits)
+                for c in self.children]
 
 
 # ----------------------------------------------------------------------------------------------- CLI

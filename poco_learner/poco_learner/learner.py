@@ -26,7 +26,7 @@ from poco_learner.buffer import BufferConfig
 from poco_learner.episodes import EpisodeAssembler, RewardConfig
 from poco_policy.contract import ACTION_DIM, MAX_JOINT_DELTA
 from poco_policy.encoder import EncoderConfig
-PROGRESS_EVERY_S = 0.5   # how often the update counters go to <run_dir>/progress.json (a small atomic write)
+PROGRESS_EVERY_S = 0.25  # how often the update counters go to <run_dir>/progress.json (a small atomic write)
 
 
 @dataclass
@@ -233,6 +233,15 @@ class Learner:
         self.trainer = OnlineTrainer(self.agent, _LockedBuffer(self.buffer, self.lock), utd_ratio=self.cfg.utd_ratio,
                                      on_policy_update=self._on_policy_update, rng=self._rng)
         self._steps_fed = self._online_steps_since_start()   # steps before a restart were paid for already
+        # ... except the updates a kill lost after the last checkpoint (and steps stored after it): the data
+        # paid for them, pacing() counts them as owed (the sim graph's clock waits for them), so the trainer
+        # redoes them; without this the sim would wait forever for updates the trainer thinks are done
+        st = self.state
+        owed = self._allowed_updates(self._steps_fed) - (st['warmup_done'] + st['online_updates'])
+        if (self.resume_report and self.cfg.utd_ratio > 0 and owed >= 1
+                and st['pretrain_done'] >= self.agent.cfg.pretrain_steps):
+            self.trainer.add_env_steps(owed / self.cfg.utd_ratio)
+            self.log('info', f'redoing {int(owed)} updates the stored env steps paid for (utd {self.cfg.utd_ratio:g})')
         self._record_config()
         for kind, args in self._pending:
             getattr(self.assembler, kind)(*args)

@@ -14,11 +14,12 @@ import pytest
 
 from poco_bringup import graph, rosparams
 
-NODES = {  # graph node name -> (package, executable)
+NODES = {  # graph node name -> (package, executable); teleop runs beside a graph with robot.yaml
     'sim': ('poco_sim', 'sim_node'),
     'policy': ('poco_policy', 'policy_node'),
     'learner': ('poco_learner', 'learner_node'),
     'monitor': ('poco_bringup', 'monitor'),
+    'teleop': ('poco_policy', 'teleop_node'),
 }
 CONFIG_DIR = graph.config_dir()
 YAMLS = sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))
@@ -42,6 +43,10 @@ def combos():
 @pytest.mark.parametrize('node', list(NODES))
 def test_yaml_parameters_match_node_config(node, tmp_path):
     sch = schema(node)
+    if node == 'teleop':   # not a graph node: its section of robot.yaml alone
+        params = rosparams.merge_traced([str(CONFIG_DIR / 'robot.yaml')], '/teleop')
+        assert params and not rosparams.check_params(node, params, sch)
+        return
     for task, algo in combos():
         for make in (graph.sim_graph, graph.real_graph):
             if node == 'sim' and make is graph.real_graph:
@@ -82,8 +87,9 @@ def test_robot_yaml_is_consistent():
     assert all(a < b for a, b in zip(lo, hi))
     assert all(a < b for a, b in zip(pol['ee_box_min'], pol['ee_box_max']))
     assert 0 < pol['max_joint_delta'] <= 0.1
-    lrn = rosparams.load_params_file(CONFIG_DIR / 'robot.yaml')['/**/learner']
-    assert lrn['max_joint_delta'] == pol['max_joint_delta']  # both sides normalise actions with it
+    for node in ('learner', 'sim', 'teleop'):  # one per-tick limit: the learner normalises actions with it
+        other = rosparams.load_params_file(CONFIG_DIR / 'robot.yaml')['/**/' + node]
+        assert other['max_joint_delta'] == pol['max_joint_delta'], node
 
 
 def test_monitor_config_defaults_match_yaml():

@@ -132,6 +132,8 @@ class GraphArgs:
     seed: str = _arg('', 'seed for sim, policy and learner; "" = the YAML values')
     monitor: bool = _arg(True, 'start the monitor node (progress line, CSV, learning curve)')
     rviz: bool = _arg(False, 'start rviz2 with config/poco.rviz')
+    allow_unsigned: bool = _arg(False, 'real graph: run without a weights key when none is set or found '
+                                       '(the policy then accepts unsigned weights)')
     respawn: bool = _arg(False, 'restart the learner when it exits (after 2 s); it resumes its checkpoint and buffer')
     params_files: list[str] = _arg((), 'extra ROS params files, applied after the package configs')
     overrides: list[str] = _arg((), 'node.param=value overrides, applied last')
@@ -340,7 +342,48 @@ def real_graph(**kw) -> list[NodeSpec]:
         _node('poco_policy', 'policy_node', 'policy', a, files),
         _learner(a, files),
     ]
-    return _finish(specs, a, files)
+    return _require_weights_key(_finish(specs, a, files), a)
+
+
+WEIGHTS_KEY_HELP = ('mkdir -p ~/.poco && head -c 32 /dev/urandom > ~/.poco/weights.key && '
+                    'chmod 600 ~/.poco/weights.key')
+
+
+def _require_weights_key(specs: list[NodeSpec], a: GraphArgs) -> list[NodeSpec]:
+    """The real graph signs weights: policy and learner both get the key file (config/real.yaml: ~/.poco/
+    weights.key; params files and --set may name another), `~` expanded, checked here (exists, >= 16 bytes,
+    not readable by others), so a missing key is one line before anything starts. --allow-unsigned: a node whose
+    key is unset or missing runs unsigned (weights_key_file ''). Policy and learner must agree."""
+    from poco_policy.weights import load_key  # stdlib only
+    by = {s.name: s for s in specs}
+    keys = {}
+    for n in ('learner', 'policy'):
+        if n not in by:
+            continue
+        k = str(by[n].effective_parameters().get('weights_key_file', '') or '')
+        path = os.path.expanduser(k) if k else ''
+        if path and os.path.isfile(path):
+            try:
+                keys[n] = load_key(path)
+            except (OSError, ValueError) as e:
+                raise ValueError(f'{n}.weights_key_file: {e}')
+        elif a.allow_unsigned:
+            path, keys[n] = '', None
+        elif not k:
+            raise ValueError(f'the real graph needs a weights key: {n}.weights_key_file is empty; make one with '
+                             f'`{WEIGHTS_KEY_HELP}` (or run unsigned with --allow-unsigned)')
+        else:
+            raise ValueError(f'weights key {path} not found ({n}.weights_key_file); make one with '
+                             f'`{WEIGHTS_KEY_HELP}` (or run unsigned with --allow-unsigned)')
+        last = by[n].parameters[-1] if by[n].parameters else None
+        if isinstance(last, dict) and not isinstance(last, rosparams.GraphDefaults):
+            last['weights_key_file'] = path       # the run's own dict (the same value, `~` expanded)
+        else:
+            by[n].parameters.append({'weights_key_file': path})
+    if len(keys) == 2 and keys['learner'] != keys['policy']:
+        raise ValueError('learner and policy weights keys differ (one unsigned, or different files with '
+                         'different bytes): the policy would refuse every weights message')
+    return specs
 
 
 GRAPHS: dict[str, Callable[..., list[NodeSpec]]] = {'sim': sim_graph, 'real': real_graph}

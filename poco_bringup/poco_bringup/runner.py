@@ -162,9 +162,12 @@ def write_params(spec: NodeSpec, params_dir: Path) -> tuple[list[str], Path]:
     effective.write_text(rosparams.params_file_text(spec.fqn, params, header))
     if (spec.package, spec.executable) == ('poco_learner', 'learner_node'):
         # the learner fills every agent value the files leave open from its preset: show what it trains with
-        from poco_learner.learner import effective_parameters
+        from poco_learner.learner import LearnerConfig, effective_parameters
+        fields = {f.name for f in dataclasses.fields(LearnerConfig)}
+        node_only = {k: v for k, v in params.items() if k.split('.')[0] not in fields}  # e.g. weights_key_file
         try:
-            resolved = effective_parameters(params)
+            resolved = effective_parameters({k: v for k, v in params.items() if k not in node_only})
+            resolved.update(node_only)
         except (KeyError, ValueError) as e:
             raise UsageError(f'{spec.name}: {e.args[0] if e.args else e}')
         (params_dir / f'{spec.name}.config.yaml').write_text(rosparams.params_file_text(

@@ -61,10 +61,10 @@ class ExperimentConfig:
     log_every: int = 500
     torch_threads: int = 1
     window: int = 20
-    final_window: int = 60
+    final_window: int = 20                        # 'final' = the last this many evaluation episodes
 
 
-def score(rows: list[dict], window: int = 20, final_window: int = 60) -> dict[str, float]:
+def score(rows: list[dict], window: int = 20, final_window: int = 20) -> dict[str, float]:
     """Scores of one run from its episode rows (see the module docstring)."""
     ev = [r for r in rows if int(r['evaluation'])]
     pre = [float(r['success']) for r in ev if r['phase'] == 'pretrained']
@@ -74,6 +74,7 @@ def score(rows: list[dict], window: int = 20, final_window: int = 60) -> dict[st
     worst = min((float(np.mean(after[i:i + window])) for i in range(0, max(1, len(after) - window + 1))),
                 default=math.nan) if len(after) >= window else math.nan
     return {
+        'final_window': int(final_window),
         'pretrained': float(np.mean(pre)) if pre else math.nan,
         'final': float(np.mean(s_online[-final_window:])) if s_online else math.nan,
         'worst_window': worst,
@@ -285,8 +286,9 @@ def _cpu_name() -> str:
 
 
 def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dict]) -> str:
+    fw = sorted({int(r.get('final_window', 20)) for r in results}) or [20]
     lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.',
-             '', '| task | arm | seeds | pre-trained | final (last 60 eval) | AUC (online eval) | '
+             '', f"| task | arm | seeds | pre-trained | final (last {'/'.join(map(str, fw))} eval) | AUC (online eval) | "
              'worst 20-eval window after warm-up | env steps |', '|---|---|---|---|---|---|---|---|']
     for t in tasks:
         for a in arms:

@@ -12,7 +12,7 @@ Algorithm (POCO paper, Sec. IV and Algorithm 1; notation a = a_{t:t+T}, flattene
     E-step  N candidates a^j ~ pi_theta_i(.|s) (state encoded once), w_j = softmax_j(Q(s, a^j) / eta) (Eq. 17)
     M-step  J = E[ L_BC(a_data|s) + beta * sum_j w_j * clip(L_BC(a^j|s), 0, zeta) ]           (Eq. 23)
   During the critic warm-up the actor is frozen and only the critic learns (SARSA-style: a' from the frozen
-  actor). Baselines: 'poco_noclip' (Eq. 22, no clip), 'bc' (BC on the growing buffer), 'qc_best_of_n'
+  actor). Baselines: 'poco_noclip' (Eq. 22, no clip), 'bc' (BC on the growing buffer, no critic), 'qc_best_of_n'
   (BC on the buffer, acting and TD target with the argmax-Q of N candidates, as in Q-chunking's best-of-N).
 
 Choices the paper leaves open (documented here, configurable):
@@ -299,14 +299,16 @@ class Agent:
         cfg = self.cfg
         b = self._batch(batch)
         B = b['obs'].shape[0]
-        # ---- critic (Eq. 14)
-        target = self.critic_targets(b)
-        q = self.critic(b['obs'], b['actions'].reshape(B, -1))                   # [E, B]
-        critic_loss = (q - target.unsqueeze(0)).square().mean()
-        m: dict[str, float] = {'critic_loss': float(critic_loss.detach()), 'q_mean': float(q.detach().mean()),
-                               'target_mean': float(target.mean())}
-        m['critic_grad_norm'] = self._step(self.critic_opt, self.critic.parameters(), critic_loss)
-        self._polyak()
+        m: dict[str, float] = {}
+        if cfg.algorithm != 'bc':   # the BC baseline has no critic: it would only cost time
+            # ---- critic (Eq. 14)
+            target = self.critic_targets(b)
+            q = self.critic(b['obs'], b['actions'].reshape(B, -1))                   # [E, B]
+            critic_loss = (q - target.unsqueeze(0)).square().mean()
+            m.update(critic_loss=float(critic_loss.detach()), q_mean=float(q.detach().mean()),
+                     target_mean=float(target.mean()))
+            m['critic_grad_norm'] = self._step(self.critic_opt, self.critic.parameters(), critic_loss)
+            self._polyak()
         self.counters['online_updates'] += 1
         if actor_frozen:
             return m

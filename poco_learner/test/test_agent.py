@@ -368,3 +368,13 @@ def test_pretrain_cli_writes_agent_and_actor_files(tmp_path, capsys):
     assert pretrain_main(['--dataset', str(tmp_path / 'demos'), '--out', out, '--preset', 'nope']) == 2
     assert evaluate_main([str(tmp_path / 'nothing_here')]) == 2
     assert 'error:' in capsys.readouterr().err
+
+
+def test_bc_baseline_has_no_critic_update():
+    rng = np.random.default_rng(3)
+    agent = Agent(small_config(algorithm='bc', critic_warmup_steps=0))
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    m = agent.update(random_batch(rng))
+    assert 'critic_loss' not in m and 'bc_loss' in m
+    assert all(torch.equal(a, p) for a, p in zip(before, agent.critic.parameters()))
+    assert agent.counters['actor_updates'] == 1 and agent.counters['online_updates'] == 1

@@ -5,9 +5,10 @@ What it mirrors from the ROS graph (sim node + policy node + learner node):
   - scripted demonstrations into the buffer (demo rows), `pretrain_steps` of BC (Stage I);
   - episodes of at most H steps; chunks of T actions executed open-loop, new weights between chunks;
   - the first `initial_eval_episodes` are evaluation episodes of the pre-trained policy (its dashed line),
-    then every `eval_every`-th episode is an evaluation episode (zero-noise sample; best-of-N for QC);
+    then every `eval_every`-th episode is an evaluation episode (sampled like training, the policy POCO
+    improves; best-of-N for QC; `eval_deterministic` = zero noise);
   - sparse reward 1 on success; success ends the episode (terminal), so does leaving the end-effector box
-    (failure, terminal); the step limit is a truncation;
+    (failure, terminal); the step limit ends the task too (`timeout_terminal`, as RewardConfig's default);
   - Stage II through `train.OnlineTrainer`: `utd_ratio` updates per env step, critic warm-up first (actor frozen).
 Where the graph runs the learner on its own thread, here updates run after each executed chunk, which is the
 sim-time contract of the graph (the sim waits for the learner) without the waiting.
@@ -27,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,19 @@ def _run_one(job: tuple) -> dict:
     return dict(s, arm=arm)
 
 
+def _agent_overrides(pairs: list[str]) -> dict:
+    """`['eta=0.01', 'bf16_sampling=true']` -> AgentConfig overrides (YAML-parsed values), unknown names refused."""
+    import yaml
+    known = {f.name for f in fields(AgentConfig)}
+    over = {}
+    for kv in pairs:
+        k, sep, v = kv.partition('=')
+        if not sep or k not in known:
+            raise SystemExit(f'--set {kv!r}: expected NAME=VALUE with NAME an AgentConfig field')
+        over[k] = yaml.safe_load(v)
+    return over
+
+
 def sweep(arms: list[str], tasks: list[str], seeds: list[int], out: str | Path, workers: int = 2,
           base: dict | None = None) -> list[dict]:
     """Every arm x task x seed (one process per run, `workers` at a time, one torch thread each), then
@@ -271,7 +285,7 @@ def sweep(arms: list[str], tasks: list[str], seeds: list[int], out: str | Path, 
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context('spawn')) as ex:
         for r in ex.map(_run_one, jobs):
             results.append(r)
-    write_report(out, arms, tasks, results)
+    write_report(out, arms, tasks, results, base)
     return results
 
 
@@ -285,9 +299,14 @@ def _cpu_name() -> str:
         return 'unknown CPU'
 
 
-def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dict]) -> str:
+def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dict], base: dict | None = None) -> str:
     fw = sorted({int(r.get('final_window', 20)) for r in results}) or [20]
-    lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.',
+    setup = ''
+    if base:
+        setup = (f" Setup: preset {base.get('preset', 'sim_cpu')}, {base.get('demos', 10)} demos"
+                 + ''.join(f', {k}={v}' for k, v in sorted(base.get('agent', {}).items())) + '.')
+    lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.'
+             + setup,
              '', f"| task | arm | seeds | pre-trained | final (last {'/'.join(map(str, fw))} eval) | AUC (online eval) | "
              'worst 20-eval window after warm-up | env steps |', '|---|---|---|---|---|---|---|---|']
     for t in tasks:
@@ -362,9 +381,13 @@ def sweep_main(argv=None) -> int:
     p.add_argument('--env-steps', type=int, default=10000)
     p.add_argument('--workers', type=int, default=2, help='runs at a time (one torch thread each)')
     p.add_argument('--preset', default='sim_cpu')
+    p.add_argument('--demos', type=int, default=10, help='scripted demonstrations per run')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='AgentConfig override for every arm, e.g. --set bf16_sampling=true')
     p.add_argument('--out', default='docs/results/harness')
     a = p.parse_args(argv)
-    sweep(a.arms, a.tasks, a.seeds, a.out, a.workers, base={'env_steps': a.env_steps, 'preset': a.preset})
+    sweep(a.arms, a.tasks, a.seeds, a.out, a.workers,
+          base={'env_steps': a.env_steps, 'preset': a.preset, 'demos': a.demos, 'agent': _agent_overrides(a.set)})
     print((Path(a.out) / 'results.md').read_text())
     return 0
 
@@ -386,11 +409,7 @@ def main(argv=None) -> int:
                    help='AgentConfig override, e.g. --set eta=0.01 (YAML-parsed value)')
     p.add_argument('--out', required=True)
     a = p.parse_args(argv)
-    import yaml
-    over = {}
-    for kv in a.set:
-        k, _, v = kv.partition('=')
-        over[k] = yaml.safe_load(v)
+    over = _agent_overrides(a.set)
     cfg = ExperimentConfig(task=a.task, algorithm=a.algorithm, seed=a.seed, preset=a.preset, agent=over,
                            env_steps=a.env_steps, demos=a.demos, demo_noise=a.demo_noise, utd_ratio=a.utd,
                            timeout_terminal=not a.timeout_truncates,

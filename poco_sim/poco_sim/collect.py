@@ -87,7 +87,7 @@ def collect(task: str, obs_mode: str, episodes: int, out: str | Path, *, image_s
             recovery_prob: float = 0.0, seed: int = 0, only_success: bool = False,
             max_attempts: int | None = None, log=print) -> dict[str, Any]:
     """Collect `episodes` expert episodes into `out`; returns the final meta dict."""
-    from poco_sim.envs import STATE_DIM, make_env
+    from poco_sim.envs import make_env
     from poco_sim.expert import ScriptedExpert
 
     out_dir = Path(out)
@@ -97,7 +97,7 @@ def collect(task: str, obs_mode: str, episodes: int, out: str | Path, *, image_s
     meta: dict[str, Any] = {
         'format_version': FORMAT_VERSION, 'source': 'poco_sim.collect', 'task': task, 'obs_mode': obs_mode,
         'image_size': image_size, 'cameras': list(env.cameras) if obs_mode == 'pixels' else [],
-        'state_dim': STATE_DIM if obs_mode == 'state' else 0, 'proprio_dim': 7, 'action_dim': 7,
+        'state_dim': env.state_dim if obs_mode == 'state' else 0, 'proprio_dim': 7, 'action_dim': 7,
         'action_units': 'physical: 6 delta joint positions [rad] + gripper command [0 closed, 1 open]',
         'max_joint_delta': env.max_joint_delta, 'control_rate_hz': env.control_rate_hz,
         'max_steps': env.max_steps, 'object_range': env.object_range.tolist(),

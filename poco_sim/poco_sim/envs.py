@@ -27,7 +27,7 @@ GRIPPER_NAME = 'gripper'
 FINGER_MAX = 0.04  # finger joint travel [m]; opening 1.0 = 8 cm between the pads
 # Home: tool pointing down, fingers opening along world y, TCP at ~(0.42, 0, 0.22).
 HOME_QPOS = np.array([0.0, 0.41, 1.89, 0.0, math.pi - 0.41 - 1.89, 0.0])
-# Privileged state layout (state mode); the same 20 numbers for both tasks.
+# Privileged state layout (state mode): these 20 numbers for every task, then the task's `extra_state`.
 STATE_LAYOUT = (('object_pos', 3), ('object_quat', 4), ('ee_pos', 3), ('ee_quat', 4),
                 ('object_minus_ee', 3), ('goal_pos', 3))
 STATE_DIM = sum(n for _, n in STATE_LAYOUT)
@@ -41,13 +41,25 @@ class TaskSpec:
     object_range: float  # default half-width [m] of the square in which the object / hole xy is drawn
     object_center: tuple[float, float]
     yaw_range: float  # object yaw drawn in [-yaw_range, yaw_range] [rad]
+    # Named features appended to STATE_LAYOUT for this task. peg_insert adds the hole relative to the peg:
+    # from absolute positions alone a BC policy pre-trained on 10-30 demonstrations could not find the hole
+    # (0-10 % success vs 20-35 % with it; docs/learning.md), while pick_cube already has object_minus_ee.
+    extra_state: tuple = ()
+
+    @property
+    def state_layout(self) -> tuple:
+        return STATE_LAYOUT + tuple(self.extra_state)
+
+    @property
+    def state_dim(self) -> int:
+        return sum(n for _, n in self.state_layout)
 
 
 TASKS = {
     'pick_cube': TaskSpec('pick_cube', 'pick_cube.xml', max_steps=100, object_range=0.05,
                           object_center=(0.45, 0.0), yaw_range=math.pi / 4),
     'peg_insert': TaskSpec('peg_insert', 'peg_insert.xml', max_steps=100, object_range=0.05,
-                           object_center=(0.45, 0.0), yaw_range=0.0),
+                           object_center=(0.45, 0.0), yaw_range=0.0, extra_state=(('goal_minus_object', 3),)),
 }
 
 # Task geometry (must match the XML assets).
@@ -147,7 +159,7 @@ class PocoArmEnv(gymnasium.Env):
                 obs_spaces[cam] = spaces.Box(0, 255, shape=(n, n, 3), dtype=np.uint8)
         else:
             # Positions [m] and quaternion components: a dropped object stays well inside +-5.
-            obs_spaces['state'] = spaces.Box(-5.0, 5.0, shape=(STATE_DIM,), dtype=np.float32)
+            obs_spaces['state'] = spaces.Box(-5.0, 5.0, shape=(self.state_dim,), dtype=np.float32)
         self.observation_space = spaces.Dict(obs_spaces)
         mjd = self.max_joint_delta
         self.action_space = spaces.Box(low=np.array([-mjd] * 6 + [0.0], dtype=np.float32),
@@ -222,6 +234,11 @@ class PocoArmEnv(gymnasium.Env):
         return (self.data.xpos[self._obj_body].copy(), self.data.xquat[self._obj_body].copy())
 
     @property
+    def state_dim(self) -> int:
+        """Length of the state vector for this task (STATE_DIM + the task's extra_state)."""
+        return self.spec_task.state_dim
+
+    @property
     def goal_pos(self) -> np.ndarray:
         return self._goal_pos.copy()
 
@@ -229,7 +246,13 @@ class PocoArmEnv(gymnasium.Env):
         """Privileged state (STATE_LAYOUT); available in both obs modes (the expert uses it)."""
         obj_p, obj_q = self.object_pose()
         ee_p, ee_q = self.ee_pose()
-        return np.concatenate([obj_p, obj_q, ee_p, ee_q, obj_p - ee_p, self._goal_pos]).astype(np.float32)
+        parts = [obj_p, obj_q, ee_p, ee_q, obj_p - ee_p, self._goal_pos]
+        for name, _ in self.spec_task.extra_state:
+            if name == 'goal_minus_object':
+                parts.append(self._goal_pos - obj_p)
+            else:
+                raise ValueError(f'unknown extra state feature {name!r}')
+        return np.concatenate(parts).astype(np.float32)
 
     def ee_in_bbox(self, pos: np.ndarray | None = None) -> bool:
         p = (self.data.site_xpos[self._ee_site] if pos is None else pos) * 100.0  # m -> cm

@@ -18,7 +18,7 @@ def load(path):
         return {k: z[k] for k in z.files}
 
 
-def check_episode(ep, mode, size=None):
+def check_episode(ep, mode, size=None, state_dim=STATE_DIM):
     L = ep['actions'].shape[0]
     assert L >= 1
     assert set(ep) == BASE_KEYS | ({'front', 'wrist'} if mode == 'pixels' else {'state'})
@@ -36,7 +36,7 @@ def check_episode(ep, mode, size=None):
         for cam in ('front', 'wrist'):
             assert ep[cam].shape == (L + 1, size, size, 3) and ep[cam].dtype == np.uint8
     else:
-        assert ep['state'].shape == (L + 1, STATE_DIM) and ep['state'].dtype == np.float32
+        assert ep['state'].shape == (L + 1, state_dim) and ep['state'].dtype == np.float32
 
 
 def test_run_expert_episode_is_reproducible():
@@ -44,7 +44,7 @@ def test_run_expert_episode_is_reproducible():
     ex = ScriptedExpert(env, noise_std=0.1, recovery_prob=0.05)
     a = run_expert_episode(env, ex, seed=42)
     b = run_expert_episode(env, ex, seed=42)
-    check_episode(a, 'state')
+    check_episode(a, 'state', state_dim=env.state_dim)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     # proprio[t+1] follows actions[t]: the first joint moves roughly by the commanded delta.
@@ -82,9 +82,10 @@ def test_cli_state_only_success(tmp_path):
                  '--noisy', '--only-success', '--seed', '1']) == 0
     meta = json.loads((out / 'meta.json').read_text())
     assert meta['num_episodes'] == 4 and meta['num_success'] == 4 and meta['expert']['noise_std'] > 0
+    assert meta['state_dim'] == STATE_DIM + 3  # peg_insert's extra goal_minus_object
     for i in range(4):
         ep = load(out / f'episode_{i:06d}.npz')
-        check_episode(ep, 'state')
+        check_episode(ep, 'state', state_dim=meta['state_dim'])
         assert ep['success']
 
 

@@ -24,7 +24,11 @@ def test_state_mode_api(task):
     env = make_env(task, 'state', seed=0)
     obs, info = env.reset(seed=3)
     assert set(obs) == {'state', 'proprio'}
-    assert obs['state'].shape == (STATE_DIM,) and obs['state'].dtype == np.float32
+    assert obs['state'].shape == (env.state_dim,) and obs['state'].dtype == np.float32
+    assert env.state_dim == STATE_DIM + (3 if task == 'peg_insert' else 0)
+    if task == 'peg_insert':  # the extra feature is the hole relative to the peg
+        s = obs['state']
+        np.testing.assert_allclose(s[20:23], s[17:20] - s[0:3], atol=1e-6)
     assert obs['proprio'].shape == (7,) and obs['proprio'].dtype == np.float32
     assert env.observation_space.contains(obs)
     assert set(info) >= {'success', 'ee_pos', 'bbox_violation', 'joint_pos'}

@@ -38,7 +38,9 @@ class LearnerConfig:
     `preset` names an AgentConfig preset (agent.PRESETS): it fills every `agent.*` value the user did not set
     explicitly (params file, --set, launch argument); explicit values win. The resolved configuration is
     logged at start, written to `<run_dir>/learner_config.json` and recorded in every checkpoint."""
-    run_dir: str = 'runs/default'        # buffer/, checkpoints/, learner_state.json
+    # buffer/, checkpoints/, learner_state.json. '' = a fresh runs/<timestamp> (never an existing folder);
+    # an existing run folder is resumed only when named here explicitly
+    run_dir: str = ''
     demo_dataset: str = ''               # episode dataset directory loaded as demos (once per run dir)
     initial_checkpoint: str = ''         # agent checkpoint prefix to start from (skips pre-training)
     preset: str = ''                     # agent preset (poco_learner/presets.py); '' = AgentConfig defaults
@@ -96,12 +98,29 @@ def effective_parameters(params: dict) -> dict:
     return out
 
 
+def fresh_run_dir(base: str | Path = 'runs') -> Path:
+    """A new, empty `base/<YYYYmmdd-HHMMSS>[-N]` (created here, atomically: two learners started in the same
+    second get two folders)."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    Path(base).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        p = Path(base) / (stamp if n == 1 else f'{stamp}-{n}')
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        return p.resolve()
+    raise RuntimeError(f'no free run folder name under {base}')
+
+
 class Learner:
     def __init__(self, cfg: LearnerConfig, log: Callable[[str, str], None] = lambda lvl, s: print(f'[{lvl}] {s}'),
                  explicit: Optional[Iterable[str]] = None):
         from poco_policy.observation import ActionScaler
         self.cfg = cfg
         self.log = log
+        if not cfg.run_dir:  # the default is a new folder: an implicit default never resumes another run
+            cfg.run_dir = str(fresh_run_dir())
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_prefix = str(self.run_dir / 'checkpoints' / 'latest')

@@ -143,19 +143,19 @@ def write_params(spec: NodeSpec, params_dir: Path) -> tuple[list[str], Path]:
     n_dicts = sum(isinstance(p, dict) and not isinstance(p, rosparams.GraphDefaults) for p in spec.parameters)
     for i, p in enumerate(spec.parameters):
         if isinstance(p, rosparams.GraphDefaults):
-            path = params_dir / f'{spec.name}.defaults.yaml'
+            path = params_dir / f'{spec.key}.defaults.yaml'
             path.write_text(rosparams.params_file_text(
                 p.section(spec.fqn), rosparams.flatten(p), '# graph defaults (below every params file)\n'))
             files.append(str(path))
         elif isinstance(p, dict):
             tag = 'run' if n_dicts == 1 else f'run{i}'
-            path = params_dir / f'{spec.name}.{tag}.yaml'
+            path = params_dir / f'{spec.key}.{tag}.yaml'
             path.write_text(rosparams.params_file_text(
                 spec.fqn, rosparams.flatten(p), '# per-run parameters written by the runner\n'))
             files.append(str(path))
         else:
             files.append(str(p))
-    effective = params_dir / f'{spec.name}.effective.yaml'
+    effective = params_dir / f'{spec.key}.effective.yaml'
     header = ('# Effective parameter overrides of %s, merged from (in order):\n%s'
               % (spec.fqn, ''.join(f'#   {f}\n' for f in files)))
     params = rosparams.merge_sources(files, spec.fqn)
@@ -170,7 +170,7 @@ def write_params(spec: NodeSpec, params_dir: Path) -> tuple[list[str], Path]:
             resolved.update(node_only)
         except (KeyError, ValueError) as e:
             raise UsageError(f'{spec.name}: {e.args[0] if e.args else e}')
-        (params_dir / f'{spec.name}.config.yaml').write_text(rosparams.params_file_text(
+        (params_dir / f'{spec.key}.config.yaml').write_text(rosparams.params_file_text(
             spec.fqn, resolved, '# The configuration the learner trains with: the effective parameters above with\n'
             '# every agent.* value resolved (AgentConfig defaults <- preset <- explicit values).\n'))
     return files, effective
@@ -231,7 +231,7 @@ class Child:
     def __init__(self, spec: NodeSpec, cmd: list[str], out: Output, log_dir: Path):
         self.spec, self.cmd, self.out = spec, cmd, out
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.log_path = log_dir / f'{spec.name}.log'
+        self.log_path = log_dir / f'{spec.key}.log'
         self.popen: Optional[subprocess.Popen] = None
         self.rc: Optional[int] = None
         self.stop_signal: Optional[int] = None  # strongest signal we sent
@@ -244,7 +244,7 @@ class Child:
 
     @property
     def name(self):
-        return self.spec.name
+        return self.spec.key  # the node name, or its label where names repeat (several robots)
 
     def start(self, env: dict):
         self.popen = subprocess.Popen(
@@ -325,7 +325,7 @@ class Runner:
                  sigint_timeout: float = 10.0, sigterm_timeout: float = 5.0):
         if not specs:
             raise UsageError('empty graph')
-        names = [s.name for s in specs]
+        names = [s.key for s in specs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise UsageError(f'duplicate node names {sorted(dup)} (logs/params are per name)')
@@ -491,13 +491,28 @@ def load_graph_file(path: str, args: GraphArgs) -> list[NodeSpec]:
     return list(mod.graph(args))
 
 
+def fresh_run_dir(base: Path) -> Path:
+    """A new, empty `base/<YYYYmmdd-HHMMSS>[-N]`, created atomically (two runs started in the same second get
+    two folders; neither resumes the other)."""
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        p = base / (stamp if n == 1 else f'{stamp}-{n}')
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        return p.resolve()
+    raise UsageError(f'no free run folder name under {base}')
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog='run', description='Start a poco-ros node graph without `ros2 launch` (same graph as the '
         'launch files). Ctrl-C stops all nodes cleanly.')
     ap.add_argument('graph', help='"sim", "real", or a .py file defining graph(args) -> [NodeSpec]')
     ap.add_argument('--duration', help='stop after this long (90, 90s, 30m, 2h); default: until Ctrl-C')
-    ap.add_argument('--run-dir', help='run directory (default: runs/<timestamp>)')
+    ap.add_argument('--run-dir', help='run directory; an existing one is resumed (default: a new runs/<timestamp>)')
     ap.add_argument('--domain-id', type=int, help='ROS_DOMAIN_ID (default: $ROS_DOMAIN_ID, else picked per run)')
     ap.add_argument('--params-file', action='append', default=[], dest='params_files', metavar='YAML',
                     help='extra ROS params file (repeatable; after the package configs)')
@@ -523,8 +538,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lock = None
     try:
         duration = parse_duration(ns.duration)
-        run_dir = Path(ns.run_dir or Path('runs') / datetime.datetime.now().strftime('%Y%m%d-%H%M%S')).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if ns.run_dir:  # named explicitly: an existing run folder is resumed (checkpoint, buffer)
+            run_dir = Path(ns.run_dir).resolve()
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:           # the default is always a new folder, never another run's
+            run_dir = fresh_run_dir(Path('runs'))
         kw = {f.name: getattr(ns, f.name) for f in graph_mod.graph_fields()
               if f.name not in ('run_dir',)}
         gargs = GraphArgs(run_dir=str(run_dir), **kw)

@@ -23,6 +23,19 @@ the wall clock.
 
 The learner is not `required` in either graph: the robot keeps acting on its last good weights while the
 learner is down (the sim stops waiting for it after pace_timeout_s), and a restarted learner resumes.
+
+Several robots (`robots` > 1, sim graph): robot i is `sim` + `policy` (+ `monitor`, run_dir/robot<i>) under the
+namespace robot<i> (below `namespace`), one learner in `namespace` with `robots: [robot0, ...]` (it subscribes each
+robot's transitions/events, prefixes their episode ids with the namespace, and publishes weights, pace and status
+on each robot's own topics). /clock is global, so each robot keeps its own sim time: every node of robot i has
+`/clock` remapped to `/<ns>/robot<i>/clock` (its sim publishes it, its policy and monitor follow it), and the
+learner runs on the wall clock (it reports updates per env step; the pace message reaches every sim). Robot i > 0
+gets seed + i (sim and policy), so the robots do not replay the same episodes. Runner labels (logs, params files,
+`--set`): `robot<i>_sim`, ...; `--set sim.x=v` sets every robot's sim.
+
+Split deployment (`part`): `robot` = everything but the learner, `learner` = the learner alone (same parameters
+as in the whole graph); the two groups run as separate launches / runners in one ROS domain (docs/architecture.md,
+"Learner on another host").
 """
 from __future__ import annotations
 
@@ -34,10 +47,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from poco_bringup import rosparams
 
+from poco_policy.contract import CLOCK as C_CLOCK  # plain data, no ROS: the one global topic a robot's sim owns
+
 PACKAGE = 'poco_bringup'
 TASKS = ('pick_cube', 'peg_insert')
 ALGORITHMS = ('poco', 'poco_noclip', 'bc', 'qc_best_of_n')
 OBS_MODES = ('pixels', 'state')
+PARTS = ('all', 'robot', 'learner')
 BASE_CONFIGS = ('robot.yaml', 'cameras.yaml', 'monitor.yaml')
 SIM_TIME_ENV = {'POCO_USE_SIM_TIME': '1'}  # poco_policy.runtime.SIM_TIME_ENV
 # The sim node's settings in the sim graph (poco_sim.config.SimNodeConfig; the standalone node keeps the wall
@@ -68,6 +84,13 @@ class NodeSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Runner only: explicit argv instead of install/<pkg>/lib/<pkg>/<exe> (tests, custom graphs).
     command: list[str] = field(default_factory=list)
+    # Unique label of this process in a graph where node names repeat (several robots: `robot0_sim`): the runner's
+    # log/params file names and a `--set` target; '' = the node name.
+    label: str = ''
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
 
     @property
     def fqn(self) -> str:
@@ -135,6 +158,9 @@ class GraphArgs:
     allow_unsigned: bool = _arg(False, 'real graph: run without a weights key when none is set or found '
                                        '(the policy then accepts unsigned weights)')
     respawn: bool = _arg(False, 'restart the learner when it exits (after 2 s); it resumes its checkpoint and buffer')
+    robots: int = _arg(1, 'sim graph: simulated robots (sim + policy each, namespaces robot0..) feeding one learner')
+    part: str = _arg('all', 'which process group to start: all, robot (everything but the learner) or learner '
+                            '(the learner alone): the split deployment, two groups in one ROS domain', PARTS)
     params_files: list[str] = _arg((), 'extra ROS params files, applied after the package configs')
     overrides: list[str] = _arg((), 'node.param=value overrides, applied last')
 
@@ -142,6 +168,14 @@ class GraphArgs:
         self.params_files = [str(p) for p in (self.params_files or ())]
         self.overrides = list(self.overrides or ())
         self.seed = '' if self.seed is None else str(self.seed)
+        try:
+            self.robots = int(self.robots)
+        except (TypeError, ValueError):
+            raise ValueError(f'robots must be an integer >= 1, got {self.robots!r}')
+        if self.robots < 1:
+            raise ValueError(f'robots must be >= 1, got {self.robots}')
+        if self.part not in PARTS:
+            raise ValueError(f'unknown part {self.part!r}; one of {PARTS}')
 
 
 def graph_args(**kw) -> GraphArgs:
@@ -241,10 +275,12 @@ def apply_overrides(specs: list[NodeSpec], items: Sequence[str],
     An integer override of a parameter the YAMLs give as a float stays a float: ROS parameters are typed,
     and `--set learner.utd_ratio=2` must not make the node fail on INTEGER vs DOUBLE.
     """
-    overrides = parse_overrides(items, [s.name for s in specs])
+    overrides = parse_overrides(items, list(dict.fromkeys([s.name for s in specs] + [s.key for s in specs])))
     for s in specs:
-        d = dict((extra or {}).get(s.name, {}))
-        user = overrides.get(s.name, {})
+        d = dict((extra or {}).get(s.key, {}))
+        user = dict(overrides.get(s.name, {}))
+        if s.key != s.name:
+            user.update(overrides.get(s.key, {}))  # `robot1_sim.x` beats `sim.x`
         if user:
             current = rosparams.merge_sources(s.parameters, s.fqn)
             for k, v in user.items():
@@ -266,7 +302,7 @@ def _finish(specs: list[NodeSpec], a: GraphArgs, files: list[Path]) -> list[Node
     if a.rviz:
         specs.append(_rviz(a))
     specs = apply_overrides(specs, a.overrides,
-                            {s.name: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
+                            {s.key: _run_params(a, s.name) for s in specs if s.package != 'rviz2'})
     return _episode_length_from_preset(specs)
 
 
@@ -274,13 +310,15 @@ def _episode_length_from_preset(specs: list[NodeSpec]) -> list[NodeSpec]:
     """The policy's episode length H comes from the learner's preset (or its explicit agent.max_episode_steps),
     as a graph default: a params file or --set policy.max_episode_steps still wins."""
     from poco_learner.presets import PRESETS  # plain data, no torch
-    by_name = {s.name: s for s in specs}
-    if 'learner' not in by_name or 'policy' not in by_name:
+    learners = [s for s in specs if s.name == 'learner']
+    policies = [s for s in specs if s.name == 'policy']
+    if not learners or not policies:
         return specs
-    lrn = by_name['learner'].effective_parameters()
+    lrn = learners[0].effective_parameters()
     H = lrn.get('agent.max_episode_steps') or PRESETS.get(lrn.get('preset', ''), {}).get('max_episode_steps')
     if H:
-        by_name['policy'].parameters.insert(0, rosparams.GraphDefaults(max_episode_steps=int(H)))
+        for p in policies:
+            p.parameters.insert(0, rosparams.GraphDefaults(max_episode_steps=int(H)))
     return specs
 
 
@@ -314,11 +352,14 @@ def _on_sim_time(specs: list[NodeSpec]) -> list[NodeSpec]:
 
 
 def sim_graph(**kw) -> list[NodeSpec]:
-    """MuJoCo sim impersonating the robot + policy + learner (+ monitor, rviz)."""
+    """MuJoCo sim impersonating the robot + policy + learner (+ monitor, rviz); `robots` > 1: that many
+    simulated robots (namespaced) feeding the one learner."""
     a = graph_args(**kw)
     if a.obs_mode not in OBS_MODES:
         raise ValueError(f'unknown obs_mode {a.obs_mode!r}; known: {OBS_MODES}')
     files = _config_files(a)
+    if a.robots > 1:
+        return _part(_multi_robot_sim(a, files), a)
     sim = _node('poco_sim', 'sim_node', 'sim', a, files)
     sim.parameters.insert(0, rosparams.GraphDefaults(SIM_CLOCK))  # graph defaults: every params file may change them
     learner = _learner(a, files)
@@ -328,7 +369,63 @@ def sim_graph(**kw) -> list[NodeSpec]:
         _node('poco_policy', 'policy_node', 'policy', a, files),
         learner,
     ]
-    return _on_sim_time(_finish(specs, a, files))
+    return _part(_on_sim_time(_finish(specs, a, files)), a)
+
+
+def robot_namespaces(n: int) -> list[str]:
+    """Namespaces of the simulated robots, relative to the graph's namespace (= the learner's)."""
+    return [f'robot{i}' for i in range(n)]
+
+
+def _join_ns(*parts: str) -> str:
+    return '/'.join(p.strip('/') for p in parts if p.strip('/'))
+
+
+def _multi_robot_sim(a: GraphArgs, files: list[Path]) -> list[NodeSpec]:
+    """K robots (sim + policy + monitor each, namespace robot<i>, own /clock) and one learner on the wall clock."""
+    specs: list[NodeSpec] = []
+    robots = robot_namespaces(a.robots)
+    for r in robots:
+        ns = _join_ns(a.namespace, r)
+        sim = _node('poco_sim', 'sim_node', 'sim', a, files)
+        sim.parameters.insert(0, rosparams.GraphDefaults(SIM_CLOCK))
+        nodes = [sim, _node('poco_policy', 'policy_node', 'policy', a, files)]
+        if a.monitor:
+            nodes.append(_node(PACKAGE, 'monitor', 'monitor', a, files))
+        for s in nodes:
+            s.namespace, s.label, s.output_prefix = ns, f'{r}_{s.name}', f'[{r}/{s.name}]'
+            s.remappings[C_CLOCK] = f'/{ns}/clock'       # this robot's own sim time
+            if s.name != 'sim':
+                s.env.update(SIM_TIME_ENV)
+        specs += nodes
+    learner = _learner(a, files)
+    learner.parameters.insert(0, rosparams.GraphDefaults(SIM_LEARNER))
+    specs.append(learner)
+    if a.rviz:
+        specs.append(_rviz(a))
+    extra = {s.key: _run_params(a, s.name) for s in specs if s.package != 'rviz2'}
+    extra['learner']['robots'] = robots
+    for s in specs:
+        if s.name == 'monitor' and a.run_dir:
+            extra[s.key]['run_dir'] = str(Path(a.run_dir).resolve() / s.namespace.rsplit('/', 1)[-1])
+    specs = apply_overrides(specs, a.overrides, extra)
+    # robot i > 0: seed + i, so the robots do not all draw the same scenes and noise
+    for s in specs:
+        if s.name in ('sim', 'policy') and not s.label.startswith('robot0_'):
+            i = int(s.label.split('_')[0][len('robot'):])
+            s.parameters.append({'seed': int(s.effective_parameters().get('seed', 0)) + i})
+    return _episode_length_from_preset(specs)
+
+
+def _part(specs: list[NodeSpec], a: GraphArgs) -> list[NodeSpec]:
+    """The process group `a.part` of a whole graph (built whole first, so both groups get the same values)."""
+    if a.part == 'all':
+        return specs
+    keep = [s for s in specs if (s.name == 'learner') == (a.part == 'learner')]
+    if a.part == 'learner':
+        for s in keep:  # the learner group is the learner: it ends when the learner does (unless respawned)
+            s.required = not s.respawn
+    return keep
 
 
 def real_graph(**kw) -> list[NodeSpec]:
@@ -338,11 +435,14 @@ def real_graph(**kw) -> list[NodeSpec]:
         raise ValueError('the real robot has no privileged state: obs_mode must be "pixels"')
     files = _config_files(a)
     files.insert(len(BASE_CONFIGS), config_file('real.yaml'))  # real-robot episode handling, before user files
+    if a.robots != 1:
+        raise ValueError('the real graph starts one robot; several robots: one `run real --part robot` per robot '
+                         '(its own namespace) and one learner with learner.robots (docs/architecture.md)')
     specs = [
         _node('poco_policy', 'policy_node', 'policy', a, files),
         _learner(a, files),
     ]
-    return _require_weights_key(_finish(specs, a, files), a)
+    return _require_weights_key(_part(_finish(specs, a, files), a), a)
 
 
 WEIGHTS_KEY_HELP = ('mkdir -p ~/.poco && head -c 32 /dev/urandom > ~/.poco/weights.key && '

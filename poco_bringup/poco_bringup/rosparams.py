@@ -451,12 +451,12 @@ def check_graph(specs: Iterable[Any], overrides: Iterable[str] = ()) -> list[str
             continue
         for (node, param), text in raw.items():
             want = schema.lookup(param)
-            if node == s.name and want is not None:
+            if node in (s.name, getattr(s, 'key', s.name)) and want is not None:
                 _type_override(s.parameters, param, text, want)
 
-        def where(name, src, node=s.name):
+        def where(name, src, node=s.name, key=getattr(s, 'key', s.name)):
             if isinstance(src, Mapping):
-                return '--set' if (node, name) in raw else 'the run arguments'
+                return '--set' if (node, name) in raw or (key, name) in raw else 'the run arguments'
             return str(src)
         try:
             params = merge_traced(s.parameters, s.fqn)

@@ -11,6 +11,15 @@ diagnostics) run on the steady clock, so they keep going while the sim clock sta
 `behind`; on the wall clock (real robot) LearnerStatus.updates_per_env_step shows whether the learner keeps up.
 Inputs: transitions and events are checked here before they reach the buffer; a bad message is counted per
 reason (LearnerStatus.dropped_messages, /diagnostics), logged at most every few seconds per reason, dropped.
+
+Several robots (`robots`, a node parameter: robot namespaces relative to the learner's, or absolute; the default
+[''] = one robot in the learner's own namespace, as before): the node subscribes every robot's
+`<ns>/poco/transition` and `<ns>/poco/episode_event`, stores its episodes under `'<ns>/<episode id>'` (ids from
+different robots never collide; one buffer, one trainer), and publishes the same (signed) weights message, the
+pace and the status on every robot's own `<ns>/poco/policy_weights` (latched), `<ns>/poco/learner_pace`,
+`<ns>/poco/learner_status`: each robot keeps the single-robot contract, no remaps on the robot side.
+/diagnostics (1 Hz): phase, weights version, updates, env steps, achieved updates per env step, updates/s,
+buffer size/episodes, dropped inputs by reason, and per robot its transitions, episodes and input age.
 """
 from __future__ import annotations
 
@@ -18,10 +27,11 @@ import hashlib
 import inspect
 import json
 import math
+import time
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -38,6 +48,38 @@ MAX_FEATURES = 100_000        # a transition's observation can never be larger t
 END_EVENTS = C.END_EVENT_CODES
 
 
+def robot_topic(robot: str, topic: str) -> str:
+    """A contract topic in a robot's namespace: '' = the learner's own, 'robot0' relative, '/robot0' absolute."""
+    robot = robot.strip()
+    if not robot:
+        return topic
+    return f"{'/' if robot.startswith('/') else ''}{robot.strip('/')}/{topic}"
+
+
+def parse_robots(value) -> list[str]:
+    """The `robots` parameter: [''] (one robot, the learner's namespace) or unique non-empty namespaces."""
+    robots = [str(r).strip() for r in (value or [''])]
+    if robots == [''] or not robots:
+        return ['']
+    if any(not r.strip('/') for r in robots):
+        raise ValueError(f"robots: an empty namespace only alone ([''] = the learner's own), got {robots}")
+    bad = [r for r in robots if not all(c.isalnum() or c in '_/' for c in r) or '//' in r]
+    if bad:
+        raise ValueError(f'robots: {bad} are not ROS namespaces (letters, digits, _ and /)')
+    if len(set(r.strip('/') for r in robots)) != len(robots):
+        raise ValueError(f'robots: duplicated namespace in {robots}')
+    return robots
+
+
+class _RobotStats:
+    """What the learner got from one robot (for /diagnostics)."""
+
+    def __init__(self):
+        self.transitions = 0
+        self.episodes = 0          # end events
+        self.last_input = math.nan  # monotonic time of the last transition
+
+
 class LearnerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('learner', **kwargs)
@@ -45,6 +87,9 @@ class LearnerNode(Node):
         # node-only parameters (not part of the learning config): the weights signing key, the input bound
         key_file = self.declare_parameter('weights_key_file', '').value
         self.max_input_magnitude = float(self.declare_parameter('max_input_magnitude', 1.0e4).value)
+        self.robots = parse_robots(self.declare_parameter('robots', ['']).value)
+        self.multi = self.robots != ['']
+        self.robot_stats = {r: _RobotStats() for r in self.robots}
         from poco_policy.weights import load_key
         self.weights_key = load_key(key_file) if key_file else None  # a bad key file stops the node here
         self.sim_time = use_sim_time_from_env(self)
@@ -58,13 +103,24 @@ class LearnerNode(Node):
             kw['explicit'] = getattr(self, 'explicit_parameters', None)
         self.core = Learner(cfg, log=self._log, **kw)
         q = C.qos
-        self.create_subscription(Transition, C.TRANSITION, self._guard('transition', self.on_transition),
-                                 q(C.TRANSITION))
-        self.create_subscription(EpisodeEvent, C.EPISODE_EVENT, self._guard('episode_event', self.on_event),
-                                 q(C.EPISODE_EVENT))
-        self.weights_pub = self.create_publisher(PolicyWeights, C.POLICY_WEIGHTS, q(C.POLICY_WEIGHTS))
-        self.status_pub = self.create_publisher(LearnerStatus, C.LEARNER_STATUS, q(C.LEARNER_STATUS))
-        self.pace_pub = self.create_publisher(LearnerPace, C.LEARNER_PACE, q(C.LEARNER_PACE))
+        self.weights_pubs, self.pace_pubs = [], []
+        self.status_pubs = [self.create_publisher(LearnerStatus, C.LEARNER_STATUS, q(C.LEARNER_STATUS))]
+        for r in self.robots:
+            tag = f'{r}: ' if self.multi else ''
+            self.create_subscription(Transition, robot_topic(r, C.TRANSITION),
+                                     self._guard(f'{tag}transition', self._per_robot(self.on_transition, r)),
+                                     q(C.TRANSITION))
+            self.create_subscription(EpisodeEvent, robot_topic(r, C.EPISODE_EVENT),
+                                     self._guard(f'{tag}episode_event', self._per_robot(self.on_event, r)),
+                                     q(C.EPISODE_EVENT))
+            self.weights_pubs.append(self.create_publisher(PolicyWeights, robot_topic(r, C.POLICY_WEIGHTS),
+                                                           q(C.POLICY_WEIGHTS)))
+            self.pace_pubs.append(self.create_publisher(LearnerPace, robot_topic(r, C.LEARNER_PACE),
+                                                        q(C.LEARNER_PACE)))
+            if r:
+                self.status_pubs.append(self.create_publisher(LearnerStatus, robot_topic(r, C.LEARNER_STATUS),
+                                                              q(C.LEARNER_STATUS)))
+        self.weights_pub, self.pace_pub, self.status_pub = self.weights_pubs[0], self.pace_pubs[0], self.status_pubs[0]
         self.diag_pub = self.create_publisher(DiagnosticArray, C.DIAGNOSTICS, q(C.DIAGNOSTICS))
         self.core.publish_fn = self.publish_weights
         self.core.phase_fn = self.publish_status
@@ -77,7 +133,8 @@ class LearnerNode(Node):
         self.core.start()
         self.get_logger().info(f'learner up: run_dir={cfg.run_dir} buffer={self.core.buffer_len()} steps'
                                + (' weights signed (hmac-sha256)' if self.weights_key is not None else ' weights unsigned')
-                               + (' on sim time (/clock)' if self.sim_time else ''))
+                               + (' on sim time (/clock)' if self.sim_time else '')
+                               + (f' robots {self.robots}' if self.multi else ''))
 
     # ------------------------------------------------------------------ logging + input guard
     def _log(self, level: str, text: str):
@@ -114,7 +171,17 @@ class LearnerNode(Node):
             self.get_logger().warning(f'dropped {reason}: {detail[:300]} {suffix}')
 
     # ------------------------------------------------------------------ inputs
-    def on_transition(self, m: Transition):
+    def _per_robot(self, fn, robot: str):
+        def cb(m):
+            return fn(m, robot)
+        cb.__name__ = getattr(fn, '__name__', 'cb')
+        return cb
+
+    def episode_key(self, robot: str, episode_id: int):
+        """The buffer's episode id: the robot's own id, prefixed with its namespace when there are several."""
+        return f"{robot.strip('/')}/{episode_id}" if self.multi else episode_id
+
+    def on_transition(self, m: Transition, robot: str = ''):
         nf, np_, na = len(m.features), len(m.proprio), len(m.action)
         lim = self.max_input_magnitude
         if np_ != 7:
@@ -135,13 +202,18 @@ class LearnerNode(Node):
                 raise BadInput('non-finite', f'{name} contains NaN or inf')
             if a.size and float(np.abs(a).max()) > lim:
                 raise BadInput('out of range', f'{name} has |x| = {float(np.abs(a).max()):.3g} > {lim:g}')
-        self.core.on_transition(m.episode_id, m.step_index, m.features, m.proprio, m.action, m.intervention,
-                                m.final_observation)
+        self.core.on_transition(self.episode_key(robot, m.episode_id), m.step_index, m.features, m.proprio,
+                                m.action, m.intervention, m.final_observation)
+        st = self.robot_stats[robot]
+        st.transitions += 0 if m.final_observation else 1
+        st.last_input = time.monotonic()
 
-    def on_event(self, m: EpisodeEvent):
+    def on_event(self, m: EpisodeEvent, robot: str = ''):
         if m.event not in (C.EVENT_START, C.EVENT_RESET, *END_EVENTS):
             raise BadInput('unknown event', f'event code {m.event}')
-        self.core.on_event(m.episode_id, m.event, m.step_count, m.evaluation)
+        self.core.on_event(self.episode_key(robot, m.episode_id), m.event, m.step_count, m.evaluation)
+        if m.event in END_EVENTS:
+            self.robot_stats[robot].episodes += 1
 
     # ------------------------------------------------------------------ outputs
     def publish_weights(self, version: int, payload: bytes, metadata: dict):
@@ -154,7 +226,8 @@ class LearnerNode(Node):
         if self.weights_key is not None and hasattr(msg, 'signature'):
             from poco_policy.weights import sign
             msg.signature = sign(self.weights_key, version, msg.sha256, msg.metadata)
-        self.weights_pub.publish(msg)
+        for pub in self.weights_pubs:  # the same signed message to every robot (the signature names no topic)
+            pub.publish(msg)
 
     def _pacing(self) -> dict:
         try:
@@ -172,7 +245,8 @@ class LearnerNode(Node):
         for k, v in s.items():
             if hasattr(m, k):
                 setattr(m, k, type(getattr(m, k))(v))
-        self.status_pub.publish(m)
+        for pub in self.status_pubs:
+            pub.publish(m)
 
     def publish_pace(self):
         pace = self._pacing()
@@ -183,17 +257,37 @@ class LearnerNode(Node):
         m.updates_per_env_step = float(pace['updates_per_env_step'])
         m.utd_ratio = float(self.cfg.utd_ratio)
         m.phase = str(self.core.state.get('phase', ''))
-        self.pace_pub.publish(m)
+        for pub in self.pace_pubs:  # every robot's sim waits for the one learner
+            pub.publish(m)
+
+    def diagnostic_values(self) -> dict:
+        """What /diagnostics carries (besides the drop counters): the learner's health at a glance."""
+        pace = self._pacing()
+        core = self.core
+        buf = core.buffer
+        values = {'phase': core.state.get('phase', ''), 'weights_version': core.state.get('weights_version', 0),
+                  'behind': pace['behind'], 'env_steps': pace['env_steps'], 'updates': pace['updates'],
+                  'updates_per_env_step': round(float(pace['updates_per_env_step']), 3),
+                  'utd_ratio': self.cfg.utd_ratio, 'updates_per_second': round(float(getattr(core, '_ups', 0.0)), 2),
+                  'buffer_steps': core.buffer_len(),
+                  'buffer_episodes': buf.num_episodes() if buf is not None else 0,
+                  'episode_gaps_dropped': core.assembler.dropped_messages if core.assembler is not None else 0,
+                  'sim_time': self.sim_time, 'robots': ','.join(r or '.' for r in self.robots)}
+        now = time.monotonic()
+        for r, st in self.robot_stats.items():
+            p = f"{r.strip('/') or '.'}/"
+            values[p + 'transitions'] = st.transitions
+            values[p + 'episodes'] = st.episodes
+            values[p + 'input_age_s'] = round(now - st.last_input, 2) if st.transitions else ''
+        return values
 
     def publish_diagnostics(self):
-        pace = self._pacing()
-        values = {'phase': self.core.state.get('phase', ''), 'behind': pace['behind'],
-                  'env_steps': pace['env_steps'], 'updates': pace['updates'],
-                  'updates_per_env_step': round(float(pace['updates_per_env_step']), 3),
-                  'utd_ratio': self.cfg.utd_ratio, 'buffer_steps': self.core.buffer_len(),
-                  'sim_time': self.sim_time}
-        self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
-                                          values, self.drops))
+        failed = self.core.state.get('phase', '') == 'error'
+        arr = diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
+                          self.diagnostic_values(), self.drops, 'training thread failed (see the log)' if failed else '')
+        if failed:
+            arr.status[0].level = DiagnosticStatus.ERROR
+        self.diag_pub.publish(arr)
 
     def destroy_node(self):
         self.core.stop()

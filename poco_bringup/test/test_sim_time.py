@@ -139,7 +139,7 @@ def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path)
     actor = tiny_actor(tmp_path, obs_dim=20 + 7)
     sim = Proc(tmp_path, 'poco_sim', 'sim_node', 'sim',
                dict(task='pick_cube', obs_mode='state', seed=1, sim_time=True, pacing=True,
-                    pace_timeout_s=PACE_TIMEOUT_S), env)
+                    pace_timeout_s=PACE_TIMEOUT_S, learner_stall_warn_s=1.5), env)
     policy = Proc(tmp_path, 'poco_policy', 'policy_node', 'policy',
                   dict(obs_mode='state', initial_weights=actor, max_episode_steps=40, eval_every=0,
                        staleness_s=0.5), dict(env, POCO_USE_SIM_TIME='1'))
@@ -171,6 +171,8 @@ def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path)
         t.spin(3.0, procs)
         assert t.clock_ns == clock_stalled, 'the sim advanced while the learner was behind'
         assert len(t.commands) == n_cmd and len(t.acks) == n_ack, 'the policy ticked while the clock stood still'
+        # the stand-in reports no new update while behind (a hung training thread): the sim says so
+        assert 'says behind but reports no new update' in sim.text(), sim.text()[-2000:]
 
         # 3) the stall ends: clock and commands go on.
         t.behind = False

@@ -36,3 +36,6 @@ class SimNodeConfig:
     pace_timeout_s: float = 1.0         # wall s without an ack / pace message: stop waiting for that partner
                                         # (no policy: real_time_factor pace; no learner: do not wait for it)
     max_real_time_factor: float = 0.0   # pacing: cap on sim seconds per wall second (0 = no cap)
+    learner_stall_warn_s: float = 10.0  # pacing: warn (and repeat every this many wall s) while the sim waits
+                                        # for a learner that says behind but reports no new update: a hung
+                                        # training thread would otherwise freeze the run without a word

@@ -176,6 +176,10 @@ class SimNode(Node):
         self._clock_sent = (None, 0.0)  # (stamp, wall time) of the last /clock message
         self.clock_resent = 0
         self._rtf = 0.0
+        # learner progress as its pace messages report it: (updates, phase), wall time it last changed
+        self._learner_progress = (None, time.monotonic())
+        self._stall_warned = time.monotonic()
+        self.learner_stall_warnings = 0
 
         q = C.qos
         self.js_pub = self.create_publisher(JointState, C.JOINT_STATES, q(C.JOINT_STATES))
@@ -257,8 +261,30 @@ class SimNode(Node):
         self.maybe_step()
 
     def on_pace(self, msg: LearnerPace) -> None:
-        self.pacer.on_pace(bool(msg.behind), time.monotonic())
+        now = time.monotonic()
+        self.pacer.on_pace(bool(msg.behind), now)
+        progress = (int(msg.updates), str(msg.phase))
+        if progress != self._learner_progress[0]:
+            self._learner_progress = (progress, now)
         self.maybe_step()
+
+    def _check_learner_stall(self, now: float) -> None:
+        """Waiting for a learner that says behind yet reports no new update for learner_stall_warn_s: say so
+        (repeated every period) instead of freezing the run silently. Pre-training counts no online updates,
+        so there the message says it is pre-training."""
+        warn_s = self.cfg.learner_stall_warn_s
+        progress, since = self._learner_progress
+        if warn_s <= 0 or now - since < warn_s or now - self._stall_warned < warn_s:
+            return
+        self._stall_warned = now
+        self.learner_stall_warnings += 1
+        updates, phase = progress if progress else (0, '?')
+        if phase == 'pretrain':
+            self.get_logger().info(f'waiting for the learner: pre-training ({now - since:.0f} s so far)')
+        else:
+            self.get_logger().warning(
+                f'waiting for the learner for {now - since:.0f} s: it says behind but reports no new update '
+                f'(phase {phase}, {updates} updates); a stalled training thread? see the learner log')
 
     def on_estop(self, msg: Bool) -> None:
         self._estop_engaged = bool(msg.data)
@@ -307,6 +333,8 @@ class SimNode(Node):
             if self._waiting is not None:
                 self._wait_s[self._waiting] += now - self._wait_since
             self._waiting, self._wait_since = waiting, now
+        if waiting == 'learner':
+            self._check_learner_stall(now)
         if waiting is None:
             self.pacer.stepped(now)
             self.tick()
@@ -369,6 +397,7 @@ class SimNode(Node):
             values.update({'waiting_for': self._waiting or '', **{f'waited_{k}_s': round(v, 1)
                                                                    for k, v in waits.items()},
                            'policy_present': self._partners['policy'], 'clock_resent': self.clock_resent,
+                           'learner_stall_warnings': self.learner_stall_warnings,
                            'learner_present': self._partners['learner']})
         self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
                                           values, self.drops))

@@ -22,6 +22,7 @@ setup(
         'console_scripts': [
             'policy_node = poco_policy.policy_node:main',
             'teleop_node = poco_policy.teleop_node:main',
+            'poco_convert_encoder = poco_policy.convert_encoder:main',
         ],
     },
 )

@@ -23,7 +23,7 @@ POLICY_WEIGHTS = 'poco/policy_weights'    # poco_msgs/PolicyWeights  learner -> 
 LEARNER_STATUS = 'poco/learner_status'    # poco_msgs/LearnerStatus
 LEARNER_PACE = 'poco/learner_pace'        # poco_msgs/LearnerPace    learner -> sim (pacing)
 POLICY_TICK = 'poco/policy_tick'          # poco_msgs/PolicyTick     policy -> sim (pacing)
-ESTOP = 'poco/estop'                      # std_msgs/Bool (latched)
+ESTOP = 'poco/estop'                      # std_msgs/Bool (reliable, volatile: any reliable publisher matches)
 SUCCESS = 'poco/success'                  # std_msgs/Bool            success button / sim success detection
 START_BUTTON = 'poco/start'               # std_msgs/Bool            operator's start button
 ACTION_CHUNK = 'poco/action_chunk'        # poco_msgs/ActionChunk    policy -> rviz / monitor
@@ -33,6 +33,10 @@ STATUS_MARKER = 'poco/status_marker'      # visualization_msgs/Marker
 CLOCK = '/clock'                          # rosgraph_msgs/Clock      sim -> everyone (sim time)
 DIAGNOSTICS = '/diagnostics'              # diagnostic_msgs/DiagnosticArray
 CAMERAS = ('front', 'wrist')
+# ros2_control's stock controllers (the policy node's parameter defaults; relative, so they follow the namespace)
+FORWARD_POSITION_COMMANDS = 'forward_position_controller/commands'     # std_msgs/Float64MultiArray
+JOINT_TRAJECTORY = 'joint_trajectory_controller/joint_trajectory'     # trajectory_msgs/JointTrajectory
+GRIPPER_COMMANDS = 'gripper_controller/commands'                      # std_msgs/Float64MultiArray
 
 
 def camera_topic(camera: str) -> str:
@@ -60,7 +64,10 @@ PROFILES: dict[str, QosSpec] = {
     'sensor': QosSpec(5, 'best_effort'),              # = rclpy's qos_profile_sensor_data
     'reliable': QosSpec(10),
     'commands': QosSpec(1),                           # only the newest matters (joint targets, pace, clock)
-    'latched': QosSpec(1, durability='transient_local'),  # late joiners get the last value (weights, e-stop)
+    'latched': QosSpec(1, durability='transient_local'),  # late joiners get the last value (weights, box)
+    # e-stop: reliable + volatile matches default-QoS publishers (a button node) and latched ones alike; a
+    # transient-local subscription matched only latched publishers (a default one got 0 of ~60 presses through)
+    'estop': QosSpec(10),
     'events': QosSpec(100),
     'transitions': QosSpec(1000),
 }
@@ -72,12 +79,15 @@ TOPIC_QOS: dict[str, str] = {
     SIM_STATE: 'sensor',
     **{camera_topic(c): 'sensor' for c in CAMERAS},
     JOINT_COMMANDS: 'commands',
+    FORWARD_POSITION_COMMANDS: 'commands',
+    JOINT_TRAJECTORY: 'commands',
+    GRIPPER_COMMANDS: 'commands',
     LEARNER_PACE: 'commands',
     CLOCK: 'commands',
     TRANSITION: 'transitions',
     EPISODE_EVENT: 'events',
     POLICY_WEIGHTS: 'latched',
-    ESTOP: 'latched',
+    ESTOP: 'estop',
     SAFETY_BOX: 'latched',
     LEARNER_STATUS: 'reliable',
     POLICY_TICK: 'reliable',
@@ -141,7 +151,9 @@ END_EVENT_CODES = (EVENT_SUCCESS, EVENT_FAILURE, EVENT_ESTOP, EVENT_TIMEOUT)
 
 # ------------------------------------------------------------------------------------------------ layout
 # Action step = NUM_JOINTS joint deltas [rad] + 1 absolute gripper command in [0, 1];
-# proprioception = NUM_JOINTS joint angles [rad] + gripper opening.
+# proprioception = NUM_JOINTS joint angles [rad] + gripper opening. These are the sim arm's (and the defaults of
+# the policy node's joint_names / gripper_joint parameters); the policy node takes any joint count from its
+# parameters (action_dim = len(joint_names) + 1).
 ARM_JOINTS = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6')
 NUM_JOINTS = len(ARM_JOINTS)
 GRIPPER_JOINT = 'gripper'

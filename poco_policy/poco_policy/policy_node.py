@@ -14,6 +14,12 @@ publishes poco_msgs/PolicyTick on `poco/policy_tick` (the sim's pacing acknowled
 that tick, stamped with the same time, went out first).
 Inputs: every callback is guarded; a bad message is counted per reason (on /diagnostics), logged at most every
 few seconds per reason, and dropped. Nothing a message contains may stop the node.
+
+Any arm (parameters, poco_policy/node_config.py; robot.yaml has the sim arm's): joint names and count, limits,
+gripper joint and its scale, base frame, home pose. Outputs per `command_interface` / `gripper_interface`
+(poco_policy/outputs.py: JointState, ros2_control's Float64MultiArray, a JointTrajectory per chunk). Safety box
+from the URDF's forward kinematics or the ee_pose topic (poco_policy/kinematics.py); unknown = hold. E-stop:
+reliable + volatile (any reliable publisher), optional heartbeat; an incompatible publisher is an error.
 """
 from __future__ import annotations
 
@@ -21,7 +27,6 @@ import gc
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -33,6 +38,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, Point
 from sensor_msgs.msg import Image, JointState
+from rclpy.event_handler import SubscriptionEventCallbacks
 from std_msgs.msg import Bool, Float32MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -41,10 +47,13 @@ from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, 
 from poco_msgs.srv import Reset, SetMode
 
 from poco_policy import contract as C
-from poco_policy.config import declare_ros_parameters
 from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase
-from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, Mailbox, Safety, SafetyLimits, WeightsGate,
-                                 diagnostics, finite_array, image_to_array, use_sim_time_from_env)
+from poco_policy.kinematics import EndEffector, UrdfKinematics
+from poco_policy.node_config import PolicyNodeConfig, RUNTIME_PARAMS, runtime_update, validate
+from poco_policy.outputs import CommandOutputs, GripperScale, chain_targets
+from poco_policy.params import declare_ros_parameters
+from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, EstopMonitor, Mailbox, Safety, SafetyLimits,
+                                 WeightsGate, diagnostics, finite_array, image_to_array, use_sim_time_from_env)
 from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
 
 
@@ -53,56 +62,16 @@ def _ns(t) -> int:
     return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
-@dataclass
-class PolicyNodeConfig:
-    control_rate_hz: float = 15.0
-    obs_mode: str = 'pixels'            # 'pixels' (cameras) or 'state' (sim privileged state on sim/state)
-    cameras: tuple = C.CAMERAS
-    feature_dim: int = 64               # per camera, must match the learner's encoder
-    image_size: int = 128
-    encoder_checkpoint: str = ''        # local ResNet-10 safetensors; '' = seeded random weights
-    joint_names: tuple = C.ARM_JOINTS
-    joint_lower: tuple = (-3.1, -2.0, -2.6, -3.1, -2.0, -3.1)
-    joint_upper: tuple = (3.1, 2.0, 2.6, 3.1, 2.0, 3.1)
-    max_joint_delta: float = C.MAX_JOINT_DELTA  # rad per tick; sampled deltas are clipped to this
-    ee_box_min: tuple = (-0.3, -0.5, -0.05)  # metres, base frame
-    ee_box_max: tuple = (0.9, 0.5, 0.8)
-    staleness_s: float = 0.5            # inputs older than this -> hold position (watchdog)
-    max_episode_steps: int = 100        # H: timeout
-    auto_reset: bool = True             # sim: reset and start the next episode automatically
-    reset_mode: str = 'service'         # 'service': call poco/reset (sim); 'home': drive to home_pose (real)
-    home_pose: tuple = (0.0, 0.41, 1.89, 0.0, 0.84, 0.0)
-    home_tolerance: float = 0.02        # rad: home reached
-    eval_every: int = 5                 # every k-th episode is an evaluation episode (0 = never)
-    initial_eval_episodes: int = 0      # the first n episodes evaluate the starting (pre-trained) policy
-    eval_deterministic: bool = False    # True: evaluate from zero initial noise (not the policy POCO trains, docs/learning.md)
-    mode: str = 'train'                 # 'train' | 'eval' | 'hold'
-    initial_weights: str = ''           # actor safetensors to start from ('' = wait for the learner)
-    reset_timeout_s: float = 10.0
-    seed: int = 0
-    torch_threads: int = 1
-    sync_timeout_s: float = 0.25        # sim time: wall s a tick waits for its observation, then runs anyway
-    # --- trust boundary (weights and joint states; poco_policy/weights.py)
-    weights_key_file: str = ''          # HMAC key file; set: refuse unsigned / wrongly signed weights
-    obs_dim: int = 0                    # weights' obs size; 0 = pixels: cameras x feature_dim + 7, state: sim/state + 7
-    horizon: int = 0                    # weights' chunk length T; 0 = that of the running weights (first: any <= 64)
-    max_hidden_dim: int = 1024          # widest layer accepted in weights
-    max_hidden_layers: int = 8
-    max_flow_steps: int = 100
-    max_weights_bytes: int = 67108864   # payload bytes (64 MiB)
-    max_metadata_bytes: int = 65536
-    max_json_depth: int = 16
-    max_version_jump: int = 1000        # weights more than this many versions past the running ones are refused
-    max_sample_s: float = 0.04          # test forward pass (best of 3) must sample a chunk within this
-    joint_limit_tolerance: float = 0.2  # rad: a joint state further outside the joint limits is insane
-    max_input_magnitude: float = 1.0e4  # sim/state values beyond this are refused (never reach the learner)
+__all__ = ['PolicyNode', 'PolicyNodeConfig', 'main']  # the config lives in node_config (its one home)
 
 
 class PolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__('policy', **kwargs)
         self.cfg = declare_ros_parameters(self, PolicyNodeConfig)
-        cfg = self.cfg
+        validate(self.cfg)  # a wrong arm description stops the start, with the parameter named
+        self._startup_cfg = cfg = self.cfg
+        self.n = cfg.n_joints
         self.sim_time = use_sim_time_from_env(self)  # before any timer: they run on the node clock
         self.drops = DropCounter()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -111,7 +80,9 @@ class PolicyNode(Node):
         self._torch = torch
         from poco_policy.flow_policy import policy_from_bytes
         from poco_policy.observation import ActionScaler
-        self.scaler = ActionScaler(cfg.max_joint_delta)
+        # the start-up max_joint_delta is the action normalisation (the learner's); a run-time change only clips
+        self.scaler = ActionScaler(cfg.max_joint_delta, num_joints=self.n)
+        self.gripper_scale = GripperScale(cfg.gripper_closed, cfg.gripper_open)
         self.encoder = None
         if cfg.obs_mode == 'pixels':
             from poco_policy.encoder import EncoderConfig, ImageEncoder
@@ -126,6 +97,14 @@ class PolicyNode(Node):
         self.runner = ChunkRunner(self._sample)
         self.safety = Safety(SafetyLimits(np.array(cfg.joint_lower), np.array(cfg.joint_upper),
                                           np.array(cfg.ee_box_min), np.array(cfg.ee_box_max), cfg.staleness_s))
+        fk = None
+        if cfg.robot_description_file:
+            fk = UrdfKinematics.from_file(cfg.robot_description_file, cfg.joint_names, cfg.ee_link, cfg.base_frame)
+        self.ee_src = EndEffector(fk, cfg.base_frame, cfg.staleness_s)
+        self.box_state = 'not checked yet'   # diagnostics: ok | why the box holds or ended an episode
+        self.estop_mon = EstopMonitor(cfg.estop_heartbeat_timeout_s, time.monotonic())
+        self.estop_reason = ''
+        self.estop_incompatible = 0          # publishers on poco/estop whose QoS cannot reach us
         self.rng = np.random.default_rng(cfg.seed)
 
         # latest inputs, with their receive time on the node clock (sim time in the sim graph)
@@ -168,8 +147,10 @@ class PolicyNode(Node):
                                      g(f'cameras/{c}', lambda m, c=c: self.on_image(c, m)), q(C.camera_topic(c)))
         if cfg.obs_mode == 'state':
             self.create_subscription(Float32MultiArray, C.SIM_STATE, g('sim/state', self.on_state), q(C.SIM_STATE))
-        self.create_subscription(PoseStamped, C.EE_POSE, g('ee_pose', self.on_ee), q(C.EE_POSE))
-        self.create_subscription(Bool, C.ESTOP, g('estop', self.on_estop), q(C.ESTOP))
+        if fk is None:  # with a description the box uses forward kinematics only
+            self.create_subscription(PoseStamped, C.EE_POSE, g('ee_pose', self.on_ee), q(C.EE_POSE))
+        self.create_subscription(Bool, C.ESTOP, g('estop', self.on_estop), q(C.ESTOP), event_callbacks=
+                                 SubscriptionEventCallbacks(incompatible_qos=g('estop qos', self._estop_incompatible)))
         self.create_subscription(Bool, C.SUCCESS, g('success', self.on_success), q(C.SUCCESS))
         # raw: the control executor only takes the serialised bytes; parsing, checks, deserialisation and the
         # test forward pass run on the weights worker thread (the swap itself waits for a chunk boundary)
@@ -178,7 +159,7 @@ class PolicyNode(Node):
                                  q(C.POLICY_WEIGHTS), raw=True)
         self.create_subscription(ActionChunk, C.TELEOP_ACTION, g('teleop', self.on_teleop), q(C.TELEOP_ACTION))
 
-        self.cmd_pub = self.create_publisher(JointState, C.JOINT_COMMANDS, q(C.JOINT_COMMANDS))
+        self.out = CommandOutputs(self, cfg, q('commands'), C.JOINT_COMMANDS)
         self.transition_pub = self.create_publisher(Transition, C.TRANSITION, q(C.TRANSITION))
         self.event_pub = self.create_publisher(EpisodeEvent, C.EPISODE_EVENT, q(C.EPISODE_EVENT))
         self.chunk_pub = self.create_publisher(ActionChunk, C.ACTION_CHUNK, q(C.ACTION_CHUNK))
@@ -205,10 +186,17 @@ class PolicyNode(Node):
         self.timer = self.create_timer(1.0 / cfg.control_rate_hz, self.tick)
         if self.sim_time:
             self.create_timer(0.05, g('sync', self._run_due), clock=self._steady)
+        # e-stop heartbeat on the steady clock (a button is a wall-clock device; 50 Hz: well inside a deadline)
+        self.create_timer(0.02, g('estop heartbeat', self._check_heartbeat), clock=self._steady)
+        self._rate_mark = (time.monotonic(), 0)
         self.create_timer(1.0, g('diagnostics', self.publish_diagnostics), clock=self._steady)
-        self.get_logger().info(f'policy node up: obs_mode={cfg.obs_mode} rate={cfg.control_rate_hz} Hz '
-                               f'H={cfg.max_episode_steps} mode={cfg.mode}'
-                               + (' on sim time (/clock)' if self.sim_time else ''))
+        self.add_on_set_parameters_callback(self._on_set_parameters)  # after declaring: run-time changes only
+        self.get_logger().info(
+            f'policy node up: obs_mode={cfg.obs_mode} rate={cfg.control_rate_hz} Hz H={cfg.max_episode_steps} '
+            f'mode={cfg.mode} arm={list(cfg.joint_names)} + {cfg.gripper_joint} -> {cfg.command_interface} / '
+            f'gripper {cfg.gripper_interface}; box from {self._box_source()}'
+            + (f'; e-stop heartbeat {cfg.estop_heartbeat_timeout_s} s' if cfg.estop_heartbeat_timeout_s > 0 else '')
+            + (' on sim time (/clock)' if self.sim_time else ''))
 
     # ---------------------------------------------------------------- input guard
     def _guard(self, what: str, fn):
@@ -256,7 +244,9 @@ class PolicyNode(Node):
         if missing:
             raise self._insane('missing joint', f'missing joints {missing}')
         q = np.asarray([pos[n] for n in self.cfg.joint_names], dtype=np.float64)
-        g = float(pos.get(C.GRIPPER_JOINT, self.gripper))
+        # the gripper as an opening in [0, 1] (gripper_closed .. gripper_open); absent: the last known
+        gj = self.cfg.gripper_joint
+        g = float(self.gripper_scale.to_command(pos[gj])) if gj in pos else self.gripper
         tol = self.cfg.joint_limit_tolerance
         if not (np.isfinite(q).all() and math.isfinite(g)):
             raise self._insane('non-finite', f'joint_states: {q.tolist()} gripper {g}')
@@ -296,15 +286,15 @@ class PolicyNode(Node):
 
     def on_ee(self, msg: PoseStamped):
         p = msg.pose.position
-        ee = np.array([p.x, p.y, p.z], dtype=np.float32)
-        if not np.isfinite(ee).all():
-            raise BadInput('non-finite', f'ee_pose position {ee.tolist()}')
-        self.ee = ee
+        why = self.ee_src.on_pose(np.array([p.x, p.y, p.z]), msg.header.frame_id, self._now())
+        if why is not None:  # a pose in another frame would put the box somewhere else: never used
+            raise BadInput(why, f'ee_pose in frame {msg.header.frame_id[:60]!r} (base_frame '
+                                f'{self.cfg.base_frame!r}) at {[p.x, p.y, p.z]}')
         self._ee_ns = _ns(msg.header.stamp)
         self._run_due()
 
     def on_teleop(self, msg: ActionChunk):
-        a = finite_array(msg.data, 7, 'teleop/action')
+        a = finite_array(msg.data, self.n + 1, 'teleop/action')
         self.teleop = (a, self._now())
 
     # read-only views of the lifecycle, for messages and logs
@@ -334,18 +324,41 @@ class PolicyNode(Node):
 
     def on_estop(self, msg: Bool):
         # Single-threaded executor: this runs between ticks, so the hold goes out before the next tick.
-        if msg.data and not self.estop:
-            was_running = self.life.phase == Phase.RUNNING
-            try:
-                self._hold()  # halt now, not at the next tick
-                if was_running:
-                    self._end_episode(EpisodeEvent.ESTOP, 'e-stop pressed')
-            finally:  # halted whatever failed above: a release must never resume a running episode
-                self.life.estop_pressed()
-            self.get_logger().error('E-STOP engaged: motion halted until reset')
-        elif not msg.data and self.estop:
+        self.estop_mon.on_message(msg.data, time.monotonic())   # any message is a heartbeat
+        if msg.data:
+            self._engage_estop('e-stop pressed')
+        elif self.estop:
             self.life.estop_released()
-            self.get_logger().warning('e-stop released; waiting for a reset')
+            self.get_logger().warning(f'e-stop released ({self.estop_reason}); waiting for a reset')
+
+    def _engage_estop(self, reason: str):
+        if self.estop:
+            return
+        was_running = self.life.phase == Phase.RUNNING
+        self.estop_reason = reason
+        try:
+            self._hold()  # halt now, not at the next tick
+            if was_running:
+                self._end_episode(EpisodeEvent.ESTOP, reason)
+        finally:  # halted whatever failed above: a release must never resume a running episode
+            self.life.estop_pressed()
+        self.get_logger().error(f'E-STOP engaged ({reason}): motion halted until reset')
+
+    def _check_heartbeat(self):
+        why = self.estop_mon.heartbeat_lost(time.monotonic())
+        if why is not None:
+            self._engage_estop(why)
+
+    def _estop_incompatible(self, info):
+        """A publisher on poco/estop whose QoS cannot reach this subscription (e.g. best effort): its presses
+        would be lost, so it is an error, not a warning."""
+        self.estop_incompatible = int(getattr(info, 'total_count', self.estop_incompatible + 1))
+        suffix = self.drops.allow('estop incompatible qos')
+        if suffix is not None:
+            self.get_logger().error(
+                f'E-STOP PUBLISHER CANNOT REACH THE POLICY: a publisher on {C.ESTOP} offers incompatible QoS '
+                f'(policy {getattr(info, "last_policy_kind", "?")}; {self.estop_incompatible} so far); publish '
+                'the e-stop with reliable QoS (rclpy default QoS works)')
 
     def on_weights(self, raw: bytes):
         """Control executor: size check and hand-off only (the worker parses, checks and loads)."""
@@ -383,10 +396,10 @@ class PolicyNode(Node):
         if cfg.obs_dim:
             return cfg.obs_dim
         if cfg.obs_mode == 'pixels':
-            return cfg.feature_dim * len(cfg.cameras) + 7
+            return cfg.feature_dim * len(cfg.cameras) + cfg.action_dim   # + proprio (joints + gripper)
         state = getattr(self, 'state', None)
         if state is not None:
-            return int(state.size) + 7
+            return int(state.size) + cfg.action_dim
         pol = self.runner.policy if hasattr(self, 'runner') else None
         return int(pol.cfg.obs_dim) if pol is not None else 0
 
@@ -394,7 +407,7 @@ class PolicyNode(Node):
         cfg = self.cfg
         pol = self.runner.policy if hasattr(self, 'runner') else None
         horizon = cfg.horizon or (int(pol.cfg.horizon) if pol is not None else 0)
-        return WeightsLimits(obs_dim=self._robot_obs_dim(), action_dim=len(cfg.joint_names) + 1, horizon=horizon,
+        return WeightsLimits(obs_dim=self._robot_obs_dim(), action_dim=cfg.action_dim, horizon=horizon,
                              max_hidden_dim=cfg.max_hidden_dim, max_hidden_layers=cfg.max_hidden_layers,
                              max_flow_steps=cfg.max_flow_steps, max_weights_bytes=cfg.max_weights_bytes,
                              max_metadata_bytes=cfg.max_metadata_bytes, max_json_depth=cfg.max_json_depth,
@@ -409,7 +422,7 @@ class PolicyNode(Node):
             t0 = time.perf_counter()
             chunk = np.asarray(self._sample(policy, obs, False))
             best = min(best, time.perf_counter() - t0)
-        want = (self.cfg.horizon or policy.cfg.horizon, len(self.cfg.joint_names) + 1)
+        want = (self.cfg.horizon or policy.cfg.horizon, self.cfg.action_dim)
         if chunk.shape != want or not np.isfinite(chunk).all():
             raise WeightsRejected('test forward pass', f'chunk of shape {chunk.shape} (want {want}) or non-finite')
         if best > self.cfg.max_sample_s:
@@ -422,6 +435,7 @@ class PolicyNode(Node):
             return resp
         self.cfg.mode = req.mode
         resp.success, resp.message = True, f'mode={req.mode}'
+        self._param_echo('mode', req.mode)
         return resp
 
     def on_start_episode(self, req, resp):
@@ -468,29 +482,52 @@ class PolicyNode(Node):
             feats = self.state
         return np.asarray(feats, dtype=np.float32), proprio
 
-    def _send(self, q_target: np.ndarray, gripper: float):
-        # Final guard, whatever computed the target: finite, within max_joint_delta of the measured position,
-        # gripper in [0, 1]. The measured position itself passed the joint-state checks.
+    def _guard_target(self, q_target: np.ndarray, gripper: float, q_from: np.ndarray):
+        """Final guard, whatever computed the target: finite, within max_joint_delta of `q_from` (the measured
+        position, or the previous point of a trajectory), gripper in [0, 1]. Returns (target, gripper)."""
+        q_target = np.asarray(q_target, dtype=np.float64)
+        if q_target.shape != q_from.shape or not np.isfinite(q_target).all() or not math.isfinite(float(gripper)):
+            self._drop('command guard: non-finite', f'target {q_target.tolist()} gripper {gripper}: holding')
+            q_target, gripper = q_from.astype(np.float64), self.gripper
+        d = self.cfg.max_joint_delta
+        bounded = np.clip(q_target, q_from - d, q_from + d)
+        if np.abs(bounded - q_target).max() > 1e-6:
+            self._drop('command guard: beyond max_joint_delta',
+                       f'target moved {np.abs(q_target - q_from).max():.3g} rad > {d}: clipped')
+        return bounded, float(np.clip(gripper, 0.0, 1.0))
+
+    def _measured(self) -> Optional[np.ndarray]:
         q = self.q
         if q is None or not np.isfinite(q).all():
             self._drop('command guard: no measured position', 'command withheld')
+            return None
+        return q.astype(np.float64)
+
+    def _send(self, q_target: np.ndarray, gripper: float):
+        """One target for the arm and the gripper (every interface; a one-point trajectory on joint_trajectory)."""
+        q = self._measured()
+        if q is None:
             return
-        q_target = np.asarray(q_target, dtype=np.float64)
-        if q_target.shape != q.shape or not np.isfinite(q_target).all() or not math.isfinite(float(gripper)):
-            self._drop('command guard: non-finite', f'target {q_target.tolist()} gripper {gripper}: holding')
-            q_target, gripper = q.astype(np.float64), self.gripper
-        d = self.cfg.max_joint_delta
-        bounded = np.clip(q_target, q - d, q + d)
-        if np.abs(bounded - q_target).max() > 1e-6:
-            self._drop('command guard: beyond max_joint_delta',
-                       f'target moved {np.abs(q_target - q).max():.3g} rad > {d}: clipped')
-        q_target, gripper = bounded, float(np.clip(gripper, 0.0, 1.0))
-        msg = JointState()
-        msg.header.stamp = self.get_clock().now().to_msg()  # sim time: the tick's time (the sim waits for it)
-        msg.name = list(self.cfg.joint_names) + [C.GRIPPER_JOINT]
-        msg.position = [float(x) for x in q_target] + [float(gripper)]
-        self.cmd_pub.publish(msg)
+        q_target, gripper = self._guard_target(q_target, gripper, q)
+        # sim time: the stamp is the tick's time (the sim waits for it)
+        self.out.send_step(q_target, gripper, self.get_clock().now().to_msg())
         self.last_cmd = np.concatenate([q_target, [gripper]])
+        self._cmd_in_tick = True
+
+    def _send_chunk(self, targets: np.ndarray, gripper: float):
+        """joint_trajectory: the chunk's chained targets as one trajectory, each point re-checked against the
+        one before (the first against the measured position)."""
+        q = self._measured()
+        if q is None:
+            return
+        prev, pts = q, []
+        for t in targets:
+            t, _ = self._guard_target(t, gripper, prev)
+            pts.append(t)
+            prev = t
+        _, gripper = self._guard_target(pts[0], gripper, q)
+        self.out.send_trajectory(np.array(pts), gripper, self.get_clock().now().to_msg())
+        self.last_cmd = np.concatenate([pts[0], [gripper]])
         self._cmd_in_tick = True
 
     def _hold(self):
@@ -504,7 +541,7 @@ class PolicyNode(Node):
         if fresh or self.last_cmd is None:
             self._send(self.q, self.gripper)
         else:
-            self._send(self.last_cmd[:6], float(self.last_cmd[6]))
+            self._send(self.last_cmd[:self.n], float(self.last_cmd[self.n]))
 
     def _event(self, kind: int, detail: str = ''):
         ev = EpisodeEvent()
@@ -579,9 +616,21 @@ class PolicyNode(Node):
         step = np.clip(err, -self.cfg.max_joint_delta, self.cfg.max_joint_delta)
         self._send(self.safety.clamp_targets(self.q + step), 1.0)  # gripper open while homing
 
+    def _chunk_targets(self, plan: np.ndarray) -> np.ndarray:
+        """The chunk's absolute targets from the measured position (max_joint_delta chain, joint limits), up to
+        the first one whose end effector would leave the box (the tick that reaches it ends the episode)."""
+        cfg = self.cfg
+        targets = chain_targets(self.q, plan[:, :self.n], self.safety.lim.joint_lower, self.safety.lim.joint_upper,
+                                cfg.max_joint_delta)
+        for k, t in enumerate(targets):
+            ee = self.ee_src.target_position(t)
+            if ee is not None and self.safety.ee_outside(ee):
+                return targets[:max(k, 1)]
+        return targets
+
     def _publish_box(self):
         m = Marker()
-        m.header.frame_id = 'base_link'
+        m.header.frame_id = self.cfg.base_frame
         m.ns, m.id, m.type, m.action = 'safety_box', 0, Marker.LINE_LIST, Marker.ADD
         lo, hi = np.array(self.cfg.ee_box_min), np.array(self.cfg.ee_box_max)
         corners = [np.array([x, y, z]) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
@@ -598,7 +647,7 @@ class PolicyNode(Node):
     def _publish_chunk(self, chunk_norm: np.ndarray, chunk_phys: np.ndarray):
         msg = ActionChunk()
         msg.header.stamp = self.obs_stamp or self.get_clock().now().to_msg()
-        msg.header.frame_id = 'base_link'
+        msg.header.frame_id = self.cfg.base_frame
         msg.policy_version, msg.episode_id, msg.step_index = self.runner.version, self.episode_id, self.step
         msg.horizon, msg.action_dim = chunk_phys.shape
         msg.data = chunk_phys.reshape(-1).astype(np.float32).tolist()
@@ -606,7 +655,7 @@ class PolicyNode(Node):
         # rviz: the chunk's joint-space plan as a bar strip (one sphere per step, height = cumulative motion)
         arr = MarkerArray()
         base = self.ee if self.ee is not None else np.zeros(3, np.float32)
-        cum = np.cumsum(np.abs(chunk_phys[:, :6]).sum(axis=1))
+        cum = np.cumsum(np.abs(chunk_phys[:, :self.n]).sum(axis=1))
         for k in range(len(chunk_phys)):
             m = Marker()
             m.header = msg.header
@@ -664,16 +713,72 @@ class PolicyNode(Node):
         ack.command_sent, ack.phase = self._cmd_in_tick, self.phase
         self.tick_pub.publish(ack)
 
+    def _box_source(self) -> str:
+        if self.ee_src.fk is not None:
+            return f'description:{self.cfg.robot_description_file}#{self.cfg.ee_link}'
+        return f'topic:{self.resolve_topic_name(C.EE_POSE)}[{self.cfg.base_frame}]'
+
     def publish_diagnostics(self):
-        values = {'phase': self.phase, 'ticks': self.ticks, 'episode_id': self.episode_id, 'step': self.step,
+        mono, now = time.monotonic(), self._now()
+        t0, n0 = self._rate_mark
+        rate = (self.ticks - n0) / max(mono - t0, 1e-9)
+        self._rate_mark = (mono, self.ticks)
+        cfg = self.cfg
+        values = {'phase': self.phase, 'ticks': self.ticks, 'tick_rate_hz': round(rate, 2),
+                  'control_rate_hz': cfg.control_rate_hz, 'episode_id': self.episode_id, 'step': self.step,
                   'weights_version': self.runner.version, 'weights_checked_version': self.gate.version,
                   'weights_signed': self.weights_key is not None, 'joint_state_bad': self.joint_state_bad or '',
-                  'estop': self.estop, 'sim_time': self.sim_time}
+                  'estop': self.estop, 'estop_reason': self.estop_reason if self.estop else '',
+                  'estop_heartbeat_timeout_s': cfg.estop_heartbeat_timeout_s,
+                  'estop_silence_s': round(self.estop_mon.silence(mono), 3),
+                  'estop_incompatible_publishers': self.estop_incompatible,
+                  'box_source': self._box_source(), 'box_state': self.box_state,
+                  'command_interface': cfg.command_interface, 'gripper_interface': cfg.gripper_interface,
+                  'max_joint_delta': cfg.max_joint_delta, 'sim_time': self.sim_time}
+        for k, t in self.stamps.items():  # input staleness on the node clock
+            values[f'input_age_s/{k}'] = 'never' if t is None else round(now - t, 3)
+        level, message = None, ''
+        if self.estop_incompatible:
+            level, message = 'error', f'{self.estop_incompatible} e-stop publisher(s) with incompatible QoS'
+        elif self.estop:
+            level, message = 'error', f'e-stop engaged: {self.estop_reason}'
+        elif self.box_state.startswith('holding'):
+            level, message = 'error', f'safety box: {self.box_state}'
         self.diag_pub.publish(diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
-                                          values, self.drops))
+                                          values, self.drops, message=message, level=level))
+
+    # ---------------------------------------------------------------- parameters at run time
+    def _on_set_parameters(self, params):
+        """Validate and apply run-time changes (node_config.RUNTIME_PARAMS); rclpy refuses read-only ones."""
+        from rcl_interfaces.msg import SetParametersResult
+        ours = {p.name: p.value for p in params if p.name in RUNTIME_PARAMS}
+        if not ours:
+            return SetParametersResult(successful=True)
+        try:
+            new = runtime_update(self.cfg, self._startup_cfg, {k: list(v) if not isinstance(v, (str, bytes, int,
+                                 float, bool)) else v for k, v in ours.items()})
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e)[:500])
+        self.cfg = new
+        lim = self.safety.lim
+        lim.box_min, lim.box_max = np.array(new.ee_box_min), np.array(new.ee_box_max)
+        lim.staleness_s = self.ee_src.staleness_s = new.staleness_s
+        self.estop_mon.heartbeat_timeout_s = new.estop_heartbeat_timeout_s
+        self._publish_box()
+        self.get_logger().info(f'parameters changed at run time: {ours}')
+        return SetParametersResult(successful=True)
+
+    def _param_echo(self, name: str, value):
+        """Keep the ROS parameter equal to a value changed another way (poco/set_mode)."""
+        from rclpy.parameter import Parameter
+        try:
+            self.set_parameters([Parameter(name, value=value)])
+        except Exception as e:  # noqa: BLE001 - the change itself already happened
+            self._drop(f'parameter echo: {type(e).__name__}', str(e))
 
     def _tick(self):
         cfg = self.cfg
+        self._check_heartbeat()
         if self.estop or self.life.phase == Phase.HALTED:
             if self.estop:
                 return  # nothing moves while engaged (the hold was sent when it engaged)
@@ -721,15 +826,25 @@ class PolicyNode(Node):
             self.get_logger().warning(f'watchdog: stale inputs {stale}; holding position', throttle_duration_sec=2.0)
             self._hold()
             return
+        self.ee, why = self.ee_src.position(self.q, self._now())
+        if self.ee is None:  # the box cannot be checked: never act blind
+            self.box_state = f'holding: {why}'
+            suffix = self.drops.allow('box unknown')
+            if suffix is not None:
+                self.get_logger().error(f'safety box: end-effector position unknown ({why}); holding position')
+            self._hold()
+            return
         if self.safety.ee_outside(self.ee):
+            self.box_state = f'ended an episode: end effector {np.round(self.ee, 3).tolist()} outside'
             self._hold()
             self._end_episode(EpisodeEvent.FAILURE, f'end effector {np.round(self.ee, 3).tolist()} left the box')
             return
+        self.box_state = 'ok'
         if cfg.mode == 'hold':
             self._hold()
             return
 
-        intervention, feats, proprio = False, None, None
+        intervention, feats, proprio, plan = False, None, None, None
         if self.teleop is not None and self._now() - self.teleop[1] < 3.0 / cfg.control_rate_hz:
             action_phys, chunk_step, intervention = self.teleop[0].copy(), 0, True
             self.runner.drop_chunk()  # after the human lets go, plan afresh from the new state
@@ -741,13 +856,31 @@ class PolicyNode(Node):
                 frozen = self.life.weights_frozen
                 det = self.evaluation and cfg.eval_deterministic
                 chunk = self.runner.new_chunk(obs, deterministic=det, allow_swap=not frozen)
-                self._publish_chunk(chunk, self.scaler.denormalize(chunk))
+                plan = self.scaler.denormalize(chunk)
+                self._publish_chunk(chunk, plan)
             a_norm, chunk_step = self.runner.next_action()
             action_phys = self.scaler.denormalize(a_norm[None])[0]
-        delta = np.clip(action_phys[:6], -cfg.max_joint_delta, cfg.max_joint_delta)
-        action_phys[:6] = delta
-        action_phys[6] = float(np.clip(action_phys[6], 0.0, 1.0))
-        self._send(self.safety.clamp_targets(self.q + delta), action_phys[6])
+        n = self.n
+        delta = np.clip(action_phys[:n], -cfg.max_joint_delta, cfg.max_joint_delta)
+        action_phys[:n] = delta
+        action_phys[n] = float(np.clip(action_phys[n], 0.0, 1.0))
+        q_target = chain_targets(self.q, delta[None], self.safety.lim.joint_lower, self.safety.lim.joint_upper,
+                                 cfg.max_joint_delta)[0]
+        ee_target = self.ee_src.target_position(q_target)  # with a description: where this target goes
+        if ee_target is not None and self.safety.ee_outside(ee_target):
+            where = np.round(ee_target, 3).tolist()
+            self.box_state = f'ended an episode: target end effector {where} outside'
+            self._hold()
+            self._end_episode(EpisodeEvent.FAILURE, f'target end effector {where} would leave the box')
+            return
+        if intervention or not self.out.per_chunk:
+            self._send(q_target, action_phys[n])
+        elif chunk_step == 0:  # joint_trajectory: the whole chunk at once, cut before it would leave the box
+            self._send_chunk(self._chunk_targets(plan), action_phys[n])
+        else:  # the controller is executing this chunk's trajectory; the gripper goes per tick
+            self.out.send_gripper(action_phys[n], self.get_clock().now().to_msg())
+            self.last_cmd = np.concatenate([q_target, [action_phys[n]]])
+            self._cmd_in_tick = True
         # Encoding for the learner happens after the command went out, so it adds no control jitter
         # (the images and joint state used are the ones this tick acted on).
         if feats is None:

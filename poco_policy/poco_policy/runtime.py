@@ -4,7 +4,9 @@
   load, finiteness, a test forward pass) and keeps the last good policy; `Mailbox`: the worker thread it runs on.
 - `ChunkRunner`: samples a chunk when the previous one is used up, hands out one action per tick, and swaps
   to pending weights only at chunk boundaries (never mid-chunk: a chunk is one coherent plan).
-- `Safety`: joint-limit clamping, end-effector box check and input staleness (watchdog).
+- `Safety`: joint-limit clamping, end-effector box check (an unknown position counts as outside) and input
+  staleness (watchdog).
+- `EstopMonitor`: the e-stop's state from its messages and, in heartbeat mode, from their absence.
 - `DropCounter`: counts dropped input messages per reason and throttles their log lines per reason (the
   nodes' callbacks never raise: a bad message is counted, logged at most every few seconds, and dropped).
 - `use_sim_time_from_env`: the sim graph's switch to sim time for nodes started by the runner / launch.
@@ -256,14 +258,45 @@ class Safety:
         return np.clip(q_target, self.lim.joint_lower, self.lim.joint_upper)
 
     def ee_outside(self, ee_pos: Optional[np.ndarray]) -> bool:
+        """True when the position is outside the box or unknown (None): the box is never silently off."""
         if ee_pos is None:
-            return False
+            return True
         return bool(np.any(ee_pos < self.lim.box_min) or np.any(ee_pos > self.lim.box_max))
 
     def stale(self, stamps: dict[str, Optional[float]], now: Optional[float] = None) -> list[str]:
         """Names of inputs older than the tolerance (or never received)."""
         now = time.monotonic() if now is None else now
         return [k for k, t in stamps.items() if t is None or now - t > self.lim.staleness_s]
+
+
+class EstopMonitor:
+    """E-stop from messages (`true` = pressed, `false` = released) and, when `heartbeat_timeout_s` > 0, from
+    silence: no message for longer than that counts as pressed (a cut cable, a dead button node), counting from
+    start-up until the first message. Times are steady seconds (a button is a wall-clock device)."""
+
+    def __init__(self, heartbeat_timeout_s: float, now: float):
+        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
+        self.started = now
+        self.last_message: Optional[float] = None
+        self.pressed = False          # the newest message said pressed
+        self.messages = 0
+
+    def on_message(self, pressed: bool, now: float) -> None:
+        self.last_message, self.pressed = now, bool(pressed)
+        self.messages += 1
+
+    def silence(self, now: float) -> float:
+        return now - (self.started if self.last_message is None else self.last_message)
+
+    def heartbeat_lost(self, now: float) -> Optional[str]:
+        """Why the heartbeat counts as lost now, else None (always None with the heartbeat off)."""
+        if self.heartbeat_timeout_s <= 0:
+            return None
+        quiet = self.silence(now)
+        if quiet <= self.heartbeat_timeout_s:
+            return None
+        what = 'no e-stop heartbeat yet' if self.last_message is None else 'e-stop heartbeat lost'
+        return f'{what}: {quiet:.2f} s > estop_heartbeat_timeout_s {self.heartbeat_timeout_s}'
 
 
 def finite_array(values, size: Optional[int] = None, name: str = 'array') -> np.ndarray:
@@ -301,9 +334,11 @@ def image_to_array(height: int, width: int, encoding: str, step: int, data) -> n
     return np.ascontiguousarray(img)
 
 
-def diagnostics(stamp, name: str, values: dict, drops: Optional[DropCounter] = None, message: str = ''):
+def diagnostics(stamp, name: str, values: dict, drops: Optional[DropCounter] = None, message: str = '',
+                level: Optional[str] = None):
     """A diagnostic_msgs/DiagnosticArray with one status `name`: `values` plus the drop counters
-    (`dropped/<reason>`). Level WARN while any input was dropped in the node's life, else OK."""
+    (`dropped/<reason>`). Level WARN while any input was dropped in the node's life, else OK; `level`
+    ('ok' | 'warn' | 'error') and `message` override that when given (e.g. e-stop engaged)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     st = DiagnosticStatus()
     st.name, st.hardware_id = name, name
@@ -314,6 +349,8 @@ def diagnostics(stamp, name: str, values: dict, drops: Optional[DropCounter] = N
     st.values = [KeyValue(key=str(k), value=str(v)) for k, v in kv.items()]
     dropped = drops is not None and drops.total > 0
     st.level = DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK
+    if level is not None:
+        st.level = {'ok': DiagnosticStatus.OK, 'warn': DiagnosticStatus.WARN, 'error': DiagnosticStatus.ERROR}[level]
     st.message = message or (f'dropped inputs: {drops.summary()}' if dropped else 'ok')
     arr = DiagnosticArray()
     arr.header.stamp = stamp

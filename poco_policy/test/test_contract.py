@@ -125,8 +125,10 @@ def test_qos_helper_builds_rclpy_profiles():
     # the values the graph has always used
     assert C.qos(C.JOINT_COMMANDS).depth == 1
     assert C.qos(C.TRANSITION).depth == 1000 and C.qos(C.EPISODE_EVENT).depth == 100
-    for latched in (C.POLICY_WEIGHTS, C.ESTOP):
-        assert C.qos(latched).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert C.qos(C.POLICY_WEIGHTS).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    # e-stop: reliable + volatile, so default-QoS button nodes and latched publishers both reach it
+    assert C.qos(C.ESTOP).durability == DurabilityPolicy.VOLATILE
+    assert C.qos(C.ESTOP).reliability == ReliabilityPolicy.RELIABLE
     assert C.qos(C.camera_topic('side')).reliability == ReliabilityPolicy.BEST_EFFORT
     with pytest.raises(KeyError):
         C.qos('no/such/topic')

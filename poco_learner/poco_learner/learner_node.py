@@ -270,15 +270,18 @@ class LearnerNode(Node):
                   'updates_per_env_step': round(float(pace['updates_per_env_step']), 3),
                   'utd_ratio': self.cfg.utd_ratio, 'updates_per_second': round(float(getattr(core, '_ups', 0.0)), 2),
                   'buffer_steps': core.buffer_len(),
-                  'buffer_episodes': buf.num_episodes() if buf is not None else 0,
+                  'buffer_episodes': buf.num_episodes if buf is not None else 0,
                   'episode_gaps_dropped': core.assembler.dropped_messages if core.assembler is not None else 0,
                   'sim_time': self.sim_time, 'robots': ','.join(r or '.' for r in self.robots)}
         now = time.monotonic()
+        ids = buf.episode_ids() if (buf is not None and self.multi) else []
         for r, st in self.robot_stats.items():
             p = f"{r.strip('/') or '.'}/"
             values[p + 'transitions'] = st.transitions
             values[p + 'episodes'] = st.episodes
             values[p + 'input_age_s'] = round(now - st.last_input, 2) if st.transitions else ''
+            if self.multi:  # its episodes in the buffer (open ones included), by the namespace prefix
+                values[p + 'buffer_episodes'] = sum(1 for e in ids if isinstance(e, str) and e.startswith(p))
         return values
 
     def publish_diagnostics(self):

@@ -40,3 +40,18 @@ def test_cpu_features_name_the_bf16_path():
     cpu = load_bench().cpu_features()
     assert cpu['native_bf16'] in ('AMX', 'AVX512-BF16', 'neither')
     assert {'model', 'amx', 'avx512_bf16', 'torch', 'bf16_paths_used'} <= set(cpu)
+
+
+def test_gpu_benchmark_skips_in_one_line_without_cuda_and_runs_on_cpu_at_small_sizes(capsys):
+    spec = importlib.util.spec_from_file_location('bench_gpu_under_test', BENCH.parent / 'bench_gpu.py')
+    bg = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bg
+    spec.loader.exec_module(bg)
+    if not torch.cuda.is_available():
+        assert bg.main([]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and out[0].startswith('bench_gpu: skipped, no CUDA device here'), out
+    # the same code path on the CPU (what runs on the GPU, at small sizes): both configs, both precisions
+    assert bg.main(['--device', 'cpu', '--quick']) == 0
+    out = capsys.readouterr().out
+    assert 'paper' in out and 'vla' in out and 'update fp32' in out and 'mixed' in out, out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,66 @@ def test_two_robots_feed_one_learner(tmp):
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', '-s']))
+
+
+def test_learner_diagnostics_per_robot(tmp):
+    """A real learner node process serving two robots: its /diagnostics names the phase, weights version,
+    achieved updates per env step, buffer size and dropped inputs by reason and robot; a robot's bad message is
+    counted under that robot and never touches the other's counts."""
+    import subprocess
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from poco_msgs.msg import Transition
+    from poco_policy import contract as C
+    from _bringup_helpers import Procs, private_domain, ros_env
+    domain, lock = private_domain()
+    procs = Procs()
+    exe = REPO / 'install' / 'poco_learner' / 'lib' / 'poco_learner' / 'learner_node'
+    log = open(tmp / 'learner-diag.out', 'w')
+    procs.start([str(exe), '--ros-args', '-p', f'run_dir:={tmp / "diag-run"}', '-p', 'obs_mode:=state',
+                 '-p', 'obs_dim:=27', '-p', 'robots:=[robot0, robot1]', '-p', 'agent.actor_hidden_dims:=[32]',
+                 '-p', 'agent.critic_hidden_dims:=[32]'],
+                env=ros_env(domain), stdout=log, stderr=subprocess.STDOUT)
+    os.environ['ROS_DOMAIN_ID'], os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = str(domain), 'LOCALHOST'
+    rclpy.init()
+    node = rclpy.create_node('diag_probe')
+    rows = []
+    node.create_subscription(DiagnosticArray, C.DIAGNOSTICS, lambda m: rows.extend(
+        {kv.key: kv.value for kv in st.values} for st in m.status if st.name == '/learner'), C.qos(C.DIAGNOSTICS))
+    pubs = {r: node.create_publisher(Transition, f'/{r}/{C.TRANSITION}', C.qos(C.TRANSITION))
+            for r in ('robot0', 'robot1')}
+
+    def spin_until(cond, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not cond():
+            rclpy.spin_once(node, timeout_sec=0.1)
+        return cond()
+
+    def transition(step, proprio=7):
+        m = Transition()
+        m.episode_id, m.step_index = 5, step
+        m.features, m.proprio, m.action = [0.1] * 20, [0.0] * proprio, [0.0] * 7
+        return m
+    try:
+        assert spin_until(lambda: rows and all(p.get_subscription_count() for p in pubs.values()), 120), \
+            (tmp / 'learner-diag.out').read_text()[-2000:]
+        pubs['robot0'].publish(transition(0))
+        pubs['robot0'].publish(transition(1))
+        pubs['robot1'].publish(transition(0, proprio=3))      # malformed: dropped, counted under robot1
+        assert spin_until(lambda: rows and rows[-1].get('robot0/transitions') == '2'
+                          and rows[-1].get('dropped/robot1: transition: proprio size') == '1', 30), rows[-1:]
+        d = rows[-1]
+        for key in ('phase', 'weights_version', 'updates', 'env_steps', 'updates_per_env_step', 'utd_ratio',
+                    'updates_per_second', 'buffer_steps', 'buffer_episodes', 'dropped_total'):
+            assert key in d, (key, d)
+        assert d['robot1/transitions'] == '0' and d['dropped_total'] == '1' and d['robots'] == 'robot0,robot1'
+        assert d['robot0/buffer_episodes'] == '1' and d['robot1/buffer_episodes'] == '0'   # 'robot0/5', open
+        assert d['buffer_steps'] == '2' and d['phase'] == 'waiting' and d['weights_version'] == '0'
+        print('\nlearner /diagnostics: ' + ', '.join(f'{k}={v}' for k, v in d.items()))
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        procs.cleanup()
+        log.close()
+        if lock is not None:
+            lock.close()

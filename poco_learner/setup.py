@@ -13,6 +13,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
     ],
     install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},  # how colcon test picks pytest (else unittest: 0 tests)
     zip_safe=True,
     maintainer='poco-ros developers',
     maintainer_email='dev@poco-ros.invalid',
@@ -29,6 +30,13 @@ setup(
             'bag_ingest = poco_learner.bags:ingest_main',
             'bag_replay = poco_learner.bags:replay_main',
             'bag_recover = poco_learner.bags:recover_main',
+            # the names scripts/env.sh puts on PATH (project-specific; the ones above stay ROS executables)
+            'poco_pretrain = poco_learner.cli:pretrain_main',
+            'poco_evaluate = poco_learner.cli:evaluate_main',
+            'poco_bag_record = poco_learner.bags:record_main',
+            'poco_bag_ingest = poco_learner.bags:ingest_main',
+            'poco_bag_replay = poco_learner.bags:replay_main',
+            'poco_bag_recover = poco_learner.bags:recover_main',
         ],
     },
 )

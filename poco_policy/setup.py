@@ -13,6 +13,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
     ],
     install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},  # how colcon test picks pytest (else unittest: 0 tests)
     zip_safe=True,
     maintainer='poco-ros developers',
     maintainer_email='dev@poco-ros.invalid',
@@ -23,6 +24,7 @@ setup(
             'policy_node = poco_policy.policy_node:main',
             'teleop_node = poco_policy.teleop_node:main',
             'poco_convert_encoder = poco_policy.convert_encoder:main',
+            'poco_teleop = poco_policy.teleop_node:main',  # the name scripts/env.sh puts on PATH
         ],
     },
 )

@@ -15,6 +15,7 @@ setup(
     ],
     package_data={package_name: ['assets/*.xml']},
     install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},  # how colcon test picks pytest (else unittest: 0 tests)
     zip_safe=True,
     maintainer='poco-ros developers',
     maintainer_email='dev@poco-ros.invalid',
@@ -24,6 +25,7 @@ setup(
         'console_scripts': [
             'sim_node = poco_sim.sim_node:main',
             'collect_demos = poco_sim.collect:main',
+            'poco_collect_demos = poco_sim.collect:main',  # the name scripts/env.sh puts on PATH
         ],
     },
 )

@@ -9,10 +9,11 @@ export AMENT_PREFIX_PATH="$_POCO_VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$_POCO_VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 # shellcheck disable=SC1091
 source "$_POCO_ROOT/install/local_setup.bash"
-# The console scripts (run, bag_ingest, pretrain, ...) on PATH, as `ros2 run <pkg> <exe>` would find them.
-for _d in "$_POCO_ROOT"/install/poco_*/lib/poco_*; do
-  case ":$PATH:" in *":$_d:"*) ;; *) [ -d "$_d" ] && PATH="$_d:$PATH" ;; esac
-done
+# The project-specific console scripts (poco_run, poco_pretrain, poco_bag_ingest, ...) on PATH: install/poco_bin
+# (made by scripts/setup.sh) links to them in install/<pkg>/lib/<pkg>/. The ROS executables there (run, monitor,
+# evaluate, policy_node, ...) stay off PATH: `ros2 run <pkg> <exe>` or the full path reaches them.
+_d="$_POCO_ROOT/install/poco_bin"
+case ":$PATH:" in *":$_d:"*) ;; *) [ -d "$_d" ] && PATH="$_d:$PATH" ;; esac
 export PATH
 unset _d
 # Only loopback discovery, ever (workplace rule); a per-shell domain unless the caller chose one.

@@ -5,7 +5,7 @@
 #   bash scripts/run_sim.sh [--env-steps 20000] [--duration WALL] [--task pick_cube|peg_insert]
 #                           [--obs-mode pixels|state] [--episodes 10] [--noise 0|STD|noisy] [--seed 4]
 #                           [--algorithm poco] [--run-dir DIR] [--demos DIR] [--dry-run]
-#                           [-- <more `run sim` options, e.g. --set node.p=v>]
+#                           [-- <more `poco_run sim` options, e.g. --set node.p=v>]
 # The budget is in env steps (sim time): the sim waits for the learner, so the same run takes longer on a
 # slower CPU and gives the same curve; --duration adds a wall-clock limit. Each option also reads an
 # environment variable: ENV_STEPS DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM RUN_DIR DEMOS.
@@ -45,7 +45,7 @@ while [ "$#" -gt 0 ]; do
     --dry-run)   DRY_RUN=1; shift ;;
     -h|--help)   usage; exit 0 ;;
     --)          shift; EXTRA+=("$@"); break ;;
-    *)           EXTRA+=("$1"); shift ;;  # anything else goes to `run sim` (e.g. --set x.y=z)
+    *)           EXTRA+=("$1"); shift ;;  # anything else goes to `poco_run sim` (e.g. --set x.y=z)
   esac
 done
 
@@ -65,7 +65,7 @@ say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM env_st
 # 1) scripted demonstrations (the sim's expert with noise), unless a dataset was given
 if [ -z "$DEMOS" ]; then
   DEMOS="$RUN_DIR/demos"
-  COLLECT=(install/poco_sim/lib/poco_sim/collect_demos --task "$TASK" --obs-mode "$OBS_MODE"
+  COLLECT=(install/poco_sim/lib/poco_sim/poco_collect_demos --task "$TASK" --obs-mode "$OBS_MODE"
            --episodes "$EPISODES" --out "$DEMOS" --seed "$SEED")
   if [ "$NOISE" = noisy ]; then COLLECT+=(--noisy); else COLLECT+=(--noise "$NOISE"); fi
   say "collecting $EPISODES scripted demos: ${COLLECT[*]}"
@@ -82,7 +82,7 @@ else
 fi
 
 # 2) the graph: sim + policy + learner (pre-trains on the demos, then fine-tunes online) + monitor
-RUN=(install/poco_bringup/lib/poco_bringup/run sim --run-dir "$RUN_DIR"
+RUN=(install/poco_bringup/lib/poco_bringup/poco_run sim --run-dir "$RUN_DIR"
      --task "$TASK" --obs-mode "$OBS_MODE" --algorithm "$ALGORITHM" --seed "$SEED" --demo-dataset "$DEMOS"
      --set "monitor.stop_after_steps=$ENV_STEPS")
 [ -n "$DURATION" ] && RUN+=(--duration "$DURATION")

@@ -82,4 +82,16 @@ if [ "$(cat install/.poco_build_stamp 2>/dev/null)" != "$build_hash" ]; then
 else
   say "workspace up to date"
 fi
+# 5) the project-specific console scripts (poco_run, poco_pretrain, ...: lib/<pkg>/poco_*) in one folder that
+#    scripts/env.sh puts on PATH; the generic ROS executables (run, monitor, evaluate, ...) stay off PATH,
+#    are reached as `ros2 run <pkg> <exe>` / install/<pkg>/lib/<pkg>/<exe>. Relative links, rebuilt when stale.
+BIN=install/poco_bin
+want=$(cd install && ls -d poco_*/lib/poco_*/poco_* 2>/dev/null | sort || true)
+have=$(cd "$BIN" 2>/dev/null && for l in poco_*; do [ -L "$l" ] && readlink "$l" | sed 's|^\.\./||'; done | sort || true)
+if [ "$want" != "$have" ]; then
+  rm -rf "$BIN.tmp" && mkdir -p "$BIN.tmp"
+  for t in $want; do ln -s "../$t" "$BIN.tmp/$(basename "$t")"; done
+  rm -rf "$BIN" && mv "$BIN.tmp" "$BIN"
+  say "console scripts on PATH (after source scripts/env.sh): $(ls "$BIN" | tr '\n' ' ')"
+fi
 say "done. Use: source scripts/env.sh"

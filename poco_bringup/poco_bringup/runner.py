@@ -1,4 +1,4 @@
-"""`run`: the pip-only stand-in for `ros2 launch poco_bringup <graph>.launch.py`.
+"""`poco_run`: the pip-only stand-in for `ros2 launch poco_bringup <graph>.launch.py`.
 
 `launch`/`launch_ros` are not installable from PyPI, so this starts the same NodeSpecs (graph.py) as plain
 OS processes with the same command line launch_ros would build:
@@ -6,8 +6,11 @@ OS processes with the same command line launch_ros would build:
     install/<pkg>/lib/<pkg>/<exe> [arguments] --ros-args -r __node:=<name> [-r __ns:=<ns>] [-r from:=to]
         --params-file <yaml> ... --params-file <run_dir>/params/<name>.run.yaml
 
-Usage:  run sim [--duration 30m] [--run-dir DIR] [--task pick_cube] [--obs-mode state] [--set node.param=v]
-        run real ...      run path/to/graph.py ...  (a file defining `graph(args: GraphArgs) -> [NodeSpec]`)
+Usage:  poco_run sim [--duration 30m] [--run-dir DIR] [--task pick_cube] [--obs-mode state] [--set node.param=v]
+        poco_run real ...      poco_run path/to/graph.py ...  (a file defining `graph(args: GraphArgs) -> [NodeSpec]`)
+(the same entry point is the ROS executable `ros2 run poco_bringup run`, install/poco_bringup/lib/poco_bringup/run).
+--run-dir DIR resumes the run in DIR when it holds one (checkpoint, buffer); without it every run gets a new
+runs/<timestamp>[-N], so a default never picks up an earlier run.
 
 Before anything starts (also for --dry-run), every node's effective parameters (package YAMLs, --params-file,
 --set) are checked against the config dataclass the node declares: an unknown name or a wrong type is an
@@ -508,7 +511,7 @@ def fresh_run_dir(base: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog='run', description='Start a poco-ros node graph without `ros2 launch` (same graph as the '
+        prog='poco_run', description='Start a poco-ros node graph without `ros2 launch` (same graph as the '
         'launch files). Ctrl-C stops all nodes cleanly.')
     ap.add_argument('graph', help='"sim", "real", or a .py file defining graph(args) -> [NodeSpec]')
     ap.add_argument('--duration', help='stop after this long (90, 90s, 30m, 2h); default: until Ctrl-C')
@@ -556,12 +559,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(str(e))
         errors = rosparams.check_graph(specs, gargs.overrides)  # also for --dry-run: fail here, not in a node
         if errors:
-            raise UsageError('\nrun: error: '.join(errors))
+            raise UsageError('\npoco_run: error: '.join(errors))
         domain_id, source, lock = choose_domain_id(ns.domain_id, os.environ)
         env = child_environment(os.environ, domain_id, run_dir)
         runner = Runner(specs, run_dir, env, sigint_timeout=ns.sigint_timeout, sigterm_timeout=ns.sigterm_timeout)
     except UsageError as e:
-        print(f'run: error: {e}', file=sys.stderr)
+        print(f'poco_run: error: {e}', file=sys.stderr)
         return 2
     meta = dict(argv=list(sys.argv if argv is None else argv), graph=ns.graph, args=dataclasses.asdict(gargs),
                 ros_domain_id=domain_id, domain_id_source=source, discovery_range='LOCALHOST',

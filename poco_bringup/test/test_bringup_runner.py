@@ -231,7 +231,7 @@ def test_bad_set_fails_at_once_with_one_line_and_starts_nothing(tmp, override, w
     assert rc == 2 and secs < 20, (rc, secs, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith('run: error: ') and all(w in lines[0] for w in words), lines[0]
+    assert lines[0].startswith('poco_run: error: ') and all(w in lines[0] for w in words), lines[0]
     assert_nothing_started(run, out)
     # --dry-run checks too
     rc, out, err, _ = run_cli(tmp, 'sim', '--dry-run', '--run-dir', str(tmp / 'dry'), '--set', override)
@@ -379,17 +379,23 @@ def test_exec_failure_stops_the_started_nodes(procs, tmp):
 
 
 def test_env_sh_puts_the_console_scripts_on_path():
-    """After `source scripts/env.sh` (what the README says), the tools run by name, once each on PATH."""
+    """After `source scripts/env.sh` (what the README says), the tools run by their project-specific names
+    (poco_*), once each on PATH; the generic ROS executables (run, monitor, evaluate, ...) are not on PATH."""
     from _bringup_helpers import REPO
+    tools = 'poco_run poco_bag_ingest poco_bag_record poco_pretrain poco_evaluate poco_collect_demos'
     r = subprocess.run(['bash', '-c', f'set -u; source {REPO}/scripts/env.sh && source {REPO}/scripts/env.sh && '
-                        'for e in run bag_ingest bag_record pretrain evaluate collect_demos; do command -v $e; done '
-                        '&& echo "$PATH" && run --help'],
+                        f'for e in {tools}; do readlink -f "$(command -v $e)"; done '
+                        '&& echo "$PATH" && poco_run --help '
+                        '&& for e in run monitor evaluate pretrain collect_demos bag_ingest learner_node; do '
+                        '   command -v $e && echo "GENERIC ON PATH: $e"; done; true'],
                        capture_output=True, text=True, timeout=60,
                        env={'HOME': os.environ.get('HOME', '/tmp'), 'PATH': '/usr/local/bin:/usr/bin:/bin'})
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].endswith('install/poco_bringup/lib/poco_bringup/run'), lines[0]
-    assert lines[3].endswith('install/poco_learner/lib/poco_learner/pretrain'), lines[3]
+    assert lines[0] == str(REPO.resolve() / 'install/poco_bringup/lib/poco_bringup/poco_run'), lines[0]
+    assert lines[3] == str(REPO.resolve() / 'install/poco_learner/lib/poco_learner/poco_pretrain'), lines[3]
     path = lines[6].split(':')
-    assert sum(p.endswith('/install/poco_learner/lib/poco_learner') for p in path) == 1   # sourced twice
-    assert 'usage' in r.stdout.lower()
+    assert sum(p.endswith('/install/poco_bin') for p in path) == 1   # sourced twice
+    assert not any('/lib/poco_' in p for p in path), path
+    assert 'usage: poco_run' in r.stdout.lower()
+    assert 'GENERIC ON PATH' not in r.stdout, r.stdout

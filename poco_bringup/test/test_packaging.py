@@ -108,8 +108,13 @@ def test_test_imports_are_declared(pkg):
 
 @pytest.mark.parametrize('pkg', PYTHON_PACKAGES)
 def test_colcon_test_uses_pytest(pkg):
-    # Without it colcon's ament_python test step falls back to unittest and finds 0 tests.
+    # colcon's python test step picks pytest when setup.py names it as a test requirement; without it colcon falls
+    # back to unittest and finds 0 tests. package.xml's test_depend is what rosdep installs.
     assert 'python3-pytest' in deps(pkg, ('test_depend',)), pkg
+    setup = ast.parse((REPO / pkg / 'setup.py').read_text())
+    extras = [ast.literal_eval(k.value) for n in ast.walk(setup) if isinstance(n, ast.Call)
+              for k in n.keywords if k.arg == 'extras_require']
+    assert extras and 'pytest' in extras[0].get('test', []), f'{pkg}/setup.py: extras_require test: pytest'
 
 
 def test_no_dependency_cycle_through_test_depends():

@@ -113,3 +113,24 @@ def test_learner_node_default_does_not_resume(tmp_path):
     chosen = Path(line.split('run_dir=')[1].split()[0])
     assert chosen.parent == (tmp_path / 'runs').resolve() and chosen.name != 'default', line
     assert 'resumed' not in text, text[-3000:]
+
+
+def test_runner_default_is_a_new_folder_each_time(tmp_path):
+    """`poco_run sim` without --run-dir: a new runs/<timestamp>[-N] every time, never an existing folder (here:
+    every name the next two minutes could produce already holds an earlier run)."""
+    import datetime
+    now = datetime.datetime.now()
+    taken = set()
+    for s in range(-2, 120):
+        d = tmp_path / 'runs' / (now + datetime.timedelta(seconds=s)).strftime('%Y%m%d-%H%M%S')
+        (d / 'checkpoints').mkdir(parents=True)
+        taken.add(d.resolve())
+    dirs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, '-m', 'poco_bringup.runner', 'sim', '--obs-mode', 'state', '--dry-run',
+                            '--no-monitor'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        line = next(s for s in r.stdout.splitlines() if ' run dir ' in s)
+        dirs.append(Path(line.split(' run dir ')[1].split()[0]))
+    assert dirs[0] != dirs[1] and all(d.parent == (tmp_path / 'runs').resolve() for d in dirs), dirs
+    assert not taken & set(dirs), dirs

@@ -32,6 +32,8 @@ on each robot's own topics). /clock is global, so each robot keeps its own sim t
 learner runs on the wall clock (it reports updates per env step; the pace message reaches every sim). Robot i > 0
 gets seed + i (sim and policy), so the robots do not replay the same episodes. Runner labels (logs, params files,
 `--set`): `robot<i>_sim`, ...; `--set sim.x=v` sets every robot's sim.
+Each robot's monitor counts its own robot's episodes (run_dir/robot<i>); a `monitor.stop_after_steps` budget is
+per robot, and the first monitor to reach it ends the run.
 
 Split deployment (`part`): `robot` = everything but the learner, `learner` = the learner alone (same parameters
 as in the whole graph); the two groups run as separate launches / runners in one ROS domain (docs/architecture.md,

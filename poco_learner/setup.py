@@ -30,6 +30,7 @@ setup(
             'bag_ingest = poco_learner.bags:ingest_main',
             'bag_replay = poco_learner.bags:replay_main',
             'bag_recover = poco_learner.bags:recover_main',
+            'poco_pretrain_encoder = poco_learner.pretrain_encoder:main',
             # the names scripts/env.sh puts on PATH (project-specific; the ones above stay ROS executables)
             'poco_pretrain = poco_learner.cli:pretrain_main',
             'poco_evaluate = poco_learner.cli:evaluate_main',

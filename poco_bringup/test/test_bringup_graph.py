@@ -266,9 +266,10 @@ def test_rviz_config_shows_the_topics():
     displays = {d['Class']: [] for d in cfg['Visualization Manager']['Displays']}
     for d in cfg['Visualization Manager']['Displays']:
         displays[d['Class']].append(d.get('Topic', {}).get('Value'))
-    assert displays['rviz_default_plugins/Image'] == ['/cameras/front/image_raw', '/cameras/wrist/image_raw']
-    assert displays['rviz_default_plugins/MarkerArray'] == ['/poco/chunk_markers']
-    assert set(displays['rviz_default_plugins/Marker']) == {'/poco/safety_box', '/poco/status_marker'}
+    # relative: rviz2 in namespace:=robot1 shows /robot1/... (test_rviz_config.py)
+    assert displays['rviz_default_plugins/Image'] == ['cameras/front/image_raw', 'cameras/wrist/image_raw']
+    assert displays['rviz_default_plugins/MarkerArray'] == ['poco/chunk_markers']
+    assert set(displays['rviz_default_plugins/Marker']) == {'poco/safety_box', 'poco/status_marker'}
     assert cfg['Visualization Manager']['Global Options']['Fixed Frame'] == 'base_link'
 
 

@@ -283,7 +283,7 @@ def pretrain(cfg: PretrainEncoderConfig, log=print) -> dict:
         f'frozen {frozen or "none"}, init {cfg.init or "seeded random"}; loaded in {time.perf_counter() - t_load:.1f} s')
     _train_mode(model, frozen)
     history: list[tuple[int, float, float, float]] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     t_last, win, win_bc, win_aux = t0, 0, 0.0, 0.0
     for step in range(1, cfg.steps + 1):
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
@@ -304,9 +304,9 @@ def pretrain(cfg: PretrainEncoderConfig, log=print) -> dict:
             history.append((step, mb, ma, val))
             eta = (now - t0) / step * (cfg.steps - step)
             log(f'[poco_pretrain_encoder] step {step}/{cfg.steps} loss {mb + cfg.aux_weight * ma:.4f} (bc {mb:.4f} '
-                f'proprio {ma:.4f}) val bc {val:.4f} | {ips:.1f} img/s | {now - t0:.0f} s, eta {eta:.0f} s')
+                f'proprio {ma:.4f}) val bc {"n/a" if math.isnan(val) else f"{val:.4f}"} | {ips:.1f} img/s | {now - t0:.0f} s, eta {eta:.0f} s')
             t_last, win, win_bc, win_aux = time.perf_counter(), 0, 0.0, 0.0
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     fit_after = evaluate(fit_sub)
     log(f'[poco_pretrain_encoder] fixed train subset (no augmentation): bc {fit_before[0]:.4f} -> {fit_after[0]:.4f}, '
         f'proprio {fit_before[1]:.4f} -> {fit_after[1]:.4f}')
@@ -323,7 +323,7 @@ def pretrain(cfg: PretrainEncoderConfig, log=print) -> dict:
         'fit_bc_before': fit_before[0], 'fit_bc_after': fit_after[0],
         'fit_proprio_before': fit_before[1], 'fit_proprio_after': fit_after[1],
         'final_bc': history[-1][1], 'final_proprio': history[-1][2], 'final_val_bc': history[-1][3],
-        'wall_s': round(wall, 1), 'images_per_s': round(cfg.steps * cfg.batch_size * n_cam / wall, 1),
+        'wall_s': round(wall, 1), 'cpu_s': round(cpu, 1), 'images_per_s': round(cfg.steps * cfg.batch_size * n_cam / wall, 1),
         'trunk_changed': changed,
     }
     meta = save_checkpoint(cfg.out, trunk_out, norm=norm, padding=padding, head_state=head_out, head=cfg.head,

@@ -2,6 +2,8 @@
 
 MuJoCo sim impersonating the robot + policy + learner + monitor. The launch arguments, node list and
 parameters come from poco_bringup.graph (the pip-only runner `run sim` starts the very same graph).
+`robots:=2`: two simulated robots (namespaces robot0, robot1) feeding one learner; `part:=robot` / `part:=learner`:
+one of the two process groups of a split deployment (docs/architecture.md).
 """
 from poco_bringup import graph
 

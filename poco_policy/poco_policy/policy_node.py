@@ -186,8 +186,11 @@ class PolicyNode(Node):
         self.timer = self.create_timer(1.0 / cfg.control_rate_hz, self.tick)
         if self.sim_time:
             self.create_timer(0.05, g('sync', self._run_due), clock=self._steady)
-        # e-stop heartbeat on the steady clock (a button is a wall-clock device; 50 Hz: well inside a deadline)
-        self.create_timer(0.02, g('estop heartbeat', self._check_heartbeat), clock=self._steady)
+        # e-stop heartbeat on the steady clock (a button is a wall-clock device; 50 Hz: well inside a deadline);
+        # cancelled while the heartbeat mode is off (no wake-ups in the sim graph)
+        self._hb_timer = self.create_timer(0.02, g('estop heartbeat', self._check_heartbeat), clock=self._steady)
+        if cfg.estop_heartbeat_timeout_s <= 0:
+            self._hb_timer.cancel()
         self._rate_mark = (time.monotonic(), 0)
         self.create_timer(1.0, g('diagnostics', self.publish_diagnostics), clock=self._steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)  # after declaring: run-time changes only
@@ -764,6 +767,10 @@ class PolicyNode(Node):
         lim.box_min, lim.box_max = np.array(new.ee_box_min), np.array(new.ee_box_max)
         lim.staleness_s = self.ee_src.staleness_s = new.staleness_s
         self.estop_mon.heartbeat_timeout_s = new.estop_heartbeat_timeout_s
+        if new.estop_heartbeat_timeout_s > 0:
+            self._hb_timer.reset()
+        else:
+            self._hb_timer.cancel()
         self._publish_box()
         self.get_logger().info(f'parameters changed at run time: {ours}')
         return SetParametersResult(successful=True)

@@ -114,6 +114,8 @@ def test_forward_position_controller_and_float64_gripper(tmp_path):
 
 
 def test_joint_trajectory_per_chunk(tmp_path):
+    # trajectory_msgs comes with ros-trajectory-msgs (scripts/requirements.txt must list it; a ROS machine has it)
+    pytest.importorskip('trajectory_msgs', reason='ros-trajectory-msgs not installed in this venv')
     traj_topic = 'joint_trajectory_controller/joint_trajectory'
     op, log = run_graph(tmp_path, dict(command_interface='joint_trajectory', gripper_interface='joint_state'),
                         dict(trajectory_topic=traj_topic), dict(trajectory_topic=traj_topic),

@@ -1,7 +1,7 @@
 """Fuzz the policy node over DDS: malformed messages on every topic it subscribes to, plus the weights attacks.
 
     python poco_policy/benchmarks/fuzz_graph.py [--quick] [--n 10000] [--rate 500] [--json out.json]
-                                                [--domain-id D] [--no-key]
+                                                [--domain-id D] [--no-key] [--pixels] [--sim-pauses K]
 
 Starts, as separate OS processes, the sim node (state mode, wall clock) and the policy node (state mode, a small
 initial actor, a weights key unless --no-key), waits until the arm moves, then per subscribed data topic
@@ -14,15 +14,30 @@ then unsigned and wrong-key copies), then random mutations of them. Fuzzed joint
 header.frame_id='fuzz' so this observer tells them from the sim's (the policy node does not look at it).
 At the end a correctly signed valid actor is published and must be taken.
 
+--pixels: sim and policy in pixels mode (both cameras, 64 px images, the policy's frozen ResNet-10 with seeded
+random weights; slow on a CPU but fine): the camera topics cameras/front/image_raw and cameras/wrist/image_raw
+replace sim/state, each fuzzed with wrong encodings (rgb16, 16UC1, bayer, '', 1000 characters), wrong
+width/height/step, data shorter and longer than declared, huge declared sizes (65535 x 65535, 2^31 step) with
+tiny data, zero width/height, valid frames of another size (17 x 300, mono8, bgra8) and all-zero frames.
+--sim-pauses K: during the fuzzing the sim process is SIGSTOPped K times for 1.5 s (then SIGCONT), each pause
+followed by an e-stop press and release (issue 11's watchdog-then-e-stop crash). Checked per pause: the policy
+node stays up and holds: every joint command received from staleness_s + 0.4 s after the stop until the SIGCONT
+(its inputs are stale; by the commands' header stamps, the policy's send time) repeats the target before it (policy_node._hold re-sends its last command; a new
+target there = a move on stale inputs, must be 0: staleness_s + 0.4 s allows for one sensor queue of 5 messages
+at 15 Hz and a tick period); and how many commands came in the 10 s after the release.
+
 Printed per topic: messages sent, node exits, non-finite commands, commands beyond the per-tick delta from the
 measured position (the nearest of the sim's last 10 joint states; max_joint_delta + 1e-4 rad), transitions
 with non-finite or out-of-range values (what would pollute the buffer), the maximum control-tick gap (from
 consecutive PolicyTick header stamps, the node's own timer), how late that tick was (gap - 66.7 ms) and the
-drop reasons the node counted. Before the weights attacks a valid signed actor v1 is taken (a running learner's
+drop reasons the node counted (camera topics are best-effort with depth 5, like the sim's: a busy pixels-mode
+policy receives only part of a flood, the rest never reaches it; with --sim-pauses the pauses fall into whichever topic is being fuzzed, so its
+tick gap includes them). Before the weights attacks a valid signed actor v1 is taken (a running learner's
 situation: the version-jump bound applies from the first learner version on). The last
-line is `FUZZ_RESULT <json>`; exit status 1 when any must-be-zero column is not zero or the signed actor was
-not taken. Children run in their own process groups and are killed at the end (SIGINT, SIGTERM, SIGKILL).
-Not covered here: cameras (pixels mode: wrong encodings/sizes), sim pauses, learner kill -9.
+line is `FUZZ_RESULT <json>`; exit status 1 when any must-be-zero column is not zero, the signed actor was
+not taken, or a sim pause saw a move on stale inputs or a policy exit. Children run in their own process groups
+and are killed at the end (SIGINT, SIGTERM, SIGKILL).
+Not covered here: learner kill -9 and the learner's inputs (poco_learner/benchmarks/fuzz_learner.py).
 """
 from __future__ import annotations
 
@@ -47,8 +62,14 @@ ROOT = Path(__file__).resolve().parents[2]
 JOINTS = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6']
 MAX_DELTA = 0.05
 PREFIX = {'joint_states': 'joint_states', 'sim/state': 'sim/state', 'ee_pose': 'ee_pose',
-          'teleop/action': 'teleop', 'poco/policy_weights': 'weights'}
+          'teleop/action': 'teleop', 'poco/policy_weights': 'weights',
+          'cameras/front/image_raw': 'cameras/front', 'cameras/wrist/image_raw': 'cameras/wrist'}
 OBS_STATE = 20  # the sim's pick_cube state size (checked at start-up from the first sim/state)
+CAMERAS = ('front', 'wrist')
+IMAGE_SIZE = 64     # --pixels: the sim's images and the encoder's input [px]
+FEATURE_DIM = 64    # --pixels: encoder features per camera
+PAUSE_S = 1.5       # --sim-pauses: how long each SIGSTOP lasts
+STALENESS_S = 0.5   # the policy's staleness_s (inputs older than this -> hold)
 
 
 # ------------------------------------------------------------------------------------------ weights attacks
@@ -199,6 +220,54 @@ def bad_teleop(rng, i):
     return ActionChunk(data=data.tolist())
 
 
+IMAGE_ENCODINGS = ['rgb16', '16UC1', 'bayer_rggb8', '', 'x' * 1000, 'RGB8', '32FC3']
+
+
+def bad_image(rng, i):
+    """Malformed (and some odd but valid) camera images; the policy must drop or survive each."""
+    from sensor_msgs.msg import Image
+    m = Image()
+    m.header.frame_id = 'fuzz'
+    h = w = IMAGE_SIZE
+    enc, step = 'rgb8', IMAGE_SIZE * 3
+    size = None                        # bytes of data (default: exactly step * h)
+    k = i % 12
+    if k == 0:
+        enc = IMAGE_ENCODINGS[(i // 12) % len(IMAGE_ENCODINGS)]
+    elif k == 1:
+        w = int(rng.integers(IMAGE_SIZE + 1, 4 * IMAGE_SIZE))           # wider than the data
+        size = IMAGE_SIZE * IMAGE_SIZE * 3
+    elif k == 2:
+        h = int(rng.integers(IMAGE_SIZE + 1, 4 * IMAGE_SIZE))           # taller than the data
+        size = IMAGE_SIZE * IMAGE_SIZE * 3
+    elif k == 3:
+        step = int(rng.integers(0, IMAGE_SIZE * 3))                     # step < width * channels
+    elif k == 4:
+        size = int(rng.integers(0, IMAGE_SIZE * IMAGE_SIZE * 3))        # data shorter than declared
+    elif k == 5:
+        size = IMAGE_SIZE * IMAGE_SIZE * 3 + int(rng.integers(1, 5000))  # longer than declared (extra ignored)
+    elif k == 6:
+        h, w, step, size = 65535, 65535, 65535 * 3, int(rng.integers(0, 64))  # huge declared, tiny data
+    elif k == 7:
+        h, w, step, size = 1, 1, 2**31, 3
+    elif k == 8:
+        h, w = [(0, IMAGE_SIZE), (IMAGE_SIZE, 0), (0, 0)][(i // 12) % 3]
+        step = w * 3
+    elif k == 9:
+        h, w, step = 17, 300, 900                                     # valid, another size
+    elif k == 10:
+        enc = ['mono8', 'bgra8'][(i // 12) % 2]                         # valid, another encoding
+        step = w * (1 if enc == 'mono8' else 4)
+    else:
+        m.height, m.width, m.encoding, m.step = h, w, enc, step         # valid size, all-zero frame
+        m.data = bytes(step * h)
+        return m
+    m.height, m.width, m.encoding, m.step = h, w, enc, step
+    n = step * h if size is None else size
+    m.data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    return m
+
+
 def mutate_weights(rng, i, pool):
     """Random mutations of the attacks: random versions, truncations, flipped bytes, garbage metadata."""
     base = pool[i % len(pool)][1]
@@ -271,6 +340,7 @@ class Observer:
         self.states: deque = deque(maxlen=10)       # the sim's recent joint positions
         self.state_size = None
         self.commands = self.nonfinite = self.beyond = self.polluted = self.transitions = 0
+        self.cmd_log: list[tuple[float, np.ndarray]] = []  # (header stamp = the policy's send time, positions)
         self.max_jump = 0.0
         self.tick_stamps: list[int] = []
         self.diag: dict[str, str] = {}
@@ -286,6 +356,10 @@ class Observer:
                      'ee_pose': n.create_publisher(PoseStamped, 'ee_pose', qos_profile_sensor_data),
                      'teleop/action': n.create_publisher(ActionChunk, 'teleop/action', rel),
                      'poco/policy_weights': n.create_publisher(PolicyWeights, 'poco/policy_weights', latched)}
+        from sensor_msgs.msg import Image
+        for c in CAMERAS:
+            t = f'cameras/{c}/image_raw'
+            self.pubs[t] = n.create_publisher(Image, t, qos_profile_sensor_data)
         self.estop = n.create_publisher(Bool, 'poco/estop', latched)
 
     def _on_js(self, m):
@@ -300,6 +374,7 @@ class Observer:
     def _on_cmd(self, m):
         self.commands += 1
         c = np.asarray(m.position, np.float64)
+        self.cmd_log.append((m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, c))
         if not np.isfinite(c).all():
             self.nonfinite += 1
             return
@@ -351,6 +426,76 @@ class Observer:
                     polluted=self.polluted, ticks=len(self.tick_stamps))
 
 
+class SimPauser:
+    """--sim-pauses: SIGSTOP the sim's process group K times for PAUSE_S (evenly over the expected fuzzing time,
+    on its own thread while the fuzzing goes on), then SIGCONT, an e-stop press and, 0.5 s later, its release."""
+
+    AFTER_S = 10.0
+
+    def __init__(self, sim: 'Proc', obs: 'Observer', k: int):
+        self.sim, self.obs, self.k = sim, obs, k
+        self.pauses: list[dict] = []
+        self.topic = ''            # the topic being fuzzed (set by the main loop)
+        self._cancel = threading.Event()
+        self._thread = None
+        self.policy = None
+
+    def start(self, expected_s: float):
+        self._thread = threading.Thread(target=self._run, args=(max(expected_s, 4.0 * self.k),), daemon=True)
+        self._thread.start()
+
+    def _run(self, expected_s: float):
+        from std_msgs.msg import Bool
+        gap = expected_s / (self.k + 1)
+        t0 = time.monotonic()
+        for j in range(self.k):
+            if self._cancel.wait(max(0.0, t0 + (j + 1) * gap - time.monotonic())) or not self.sim.alive():
+                return
+            # wall clock: the policy node stamps its commands with its (wall) clock at send time
+            os.killpg(self.sim.p.pid, signal.SIGSTOP)
+            t_stop = time.time()
+            self._cancel.wait(PAUSE_S)
+            os.killpg(self.sim.p.pid, signal.SIGCONT)
+            t_cont = time.time()
+            self.obs.estop.publish(Bool(data=True))
+            time.sleep(0.5)
+            self.obs.estop.publish(Bool(data=False))
+            t_rel = time.time()
+            self._cancel.wait(self.AFTER_S)
+            # commands sent in [stop + staleness + 0.4 s, SIGCONT] were sent on stale inputs: the node holds,
+            # i.e. repeats its last target (policy_node._hold); any other target there is a move on stale inputs
+            w0 = t_stop + STALENESS_S + 0.4
+            log = sorted(self.obs.cmd_log, key=lambda tc: tc[0])
+            new = [i > 0 and (c.shape != log[i - 1][1].shape or np.abs(c - log[i - 1][1]).max() > 1e-9)
+                   for i, (t, c) in enumerate(log)]      # a target other than the one before it
+            stale = [c for t, c in log if w0 <= t <= t_cont]
+            moves = sum(1 for i, (t, c) in enumerate(log) if w0 <= t <= t_cont and new[i])
+            after = sum(1 for t, _ in log if t_rel < t <= t_rel + self.AFTER_S)
+            self.pauses.append({'topic': self.topic, 'commands_while_stale': len(stale),
+                                'moves_while_stale': moves,
+                                'last_move_after_stop_s': round(max(
+                                    (t - t_stop for i, (t, c) in enumerate(log) if t_stop <= t <= t_cont and new[i]),
+                                    default=0.0), 3),
+                                'stale_window_s': round(max(0.0, t_cont - w0), 2),
+                                'commands_after_release': after, 'after_s': self.AFTER_S,
+                                'policy_alive': self.policy.alive() if self.policy is not None else None})
+
+    def join(self):
+        if self._thread is not None:
+            self._thread.join()
+
+    def cancel(self):
+        self._cancel.set()
+        self.join()
+        try:
+            os.killpg(self.sim.p.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def report(self) -> list[dict]:
+        return list(self.pauses)
+
+
 def max_gap_ms(stamps) -> float:
     s = sorted(stamps)
     return max((b - a for a, b in zip(s, s[1:])), default=0) / 1e6
@@ -365,6 +510,10 @@ def main(argv=None):
     ap.add_argument('--domain-id', type=int, default=None)
     ap.add_argument('--no-key', action='store_true', help='run the policy node without a weights key')
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--pixels', action='store_true', help='pixels mode: fuzz the camera topics (not sim/state)')
+    ap.add_argument('--sim-pauses', type=int, default=0, metavar='K',
+                    help=f'SIGSTOP the sim K times for {PAUSE_S} s during the fuzzing, each followed by an e-stop '
+                         'press and release')
     args = ap.parse_args(argv)
     n = args.n if args.n is not None else (100 if args.quick else 10_000)
     rate = min(args.rate, 200.0) if args.quick else args.rate
@@ -382,42 +531,59 @@ def main(argv=None):
         kf = logdir / 'weights.key'
         kf.write_bytes(key)
         os.chmod(kf, 0o600)
-    obs_dim = OBS_STATE + 7
+    obs_dim = (len(CAMERAS) * FEATURE_DIM if args.pixels else OBS_STATE) + 7
     p, m = actor_bytes(obs_dim)
     (logdir / 'actor.safetensors').write_bytes(p)
     (logdir / 'actor.json').write_text(json.dumps(m))
 
     import rclpy
     from std_msgs.msg import Bool
-    procs = [Proc(logdir, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='state', seed=1), env),
-             Proc(logdir, 'poco_policy', 'policy_node', 'policy',
-                  dict(obs_mode='state', initial_weights=str(logdir / 'actor.safetensors'), max_episode_steps=60,
-                       eval_every=0, staleness_s=0.5, max_joint_delta=MAX_DELTA,
-                       weights_key_file=str(logdir / 'weights.key') if key else ''), env)]
+    mode = 'pixels' if args.pixels else 'state'
+    sim_params = dict(task='pick_cube', obs_mode=mode, seed=1)
+    policy_params = dict(obs_mode=mode, initial_weights=str(logdir / 'actor.safetensors'), max_episode_steps=60,
+                         eval_every=0, staleness_s=STALENESS_S, max_joint_delta=MAX_DELTA,
+                         weights_key_file=str(logdir / 'weights.key') if key else '')
+    if args.pixels:
+        sim_params.update(image_size=IMAGE_SIZE, cameras=list(CAMERAS))
+        policy_params.update(image_size=IMAGE_SIZE, feature_dim=FEATURE_DIM, cameras=list(CAMERAS))
+    procs = [Proc(logdir, 'poco_sim', 'sim_node', 'sim', sim_params, env),
+             Proc(logdir, 'poco_policy', 'policy_node', 'policy', policy_params, env)]
     exits = {}
     context = rclpy.Context()
     rclpy.init(context=context)
     obs = Observer(context)
     obs.start()
     result = {'domain_id': domain, 'logs': str(logdir), 'n_per_topic': n, 'signed': key is not None,
-              'topics': {}}
+              'mode': mode, 'topics': {}}
+    pauser = SimPauser(procs[0], obs, args.sim_pauses) if args.sim_pauses > 0 else None
+    if pauser is not None:
+        pauser.policy = procs[1]
     stop = {'flag': False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     try:
         obs.estop.publish(Bool(data=False))
-        if not obs.spin(90, procs, lambda: obs.commands > 20 and obs.state_size is not None):
+        if not obs.spin(240 if args.pixels else 90, procs,
+                        lambda: obs.commands > 20 and (args.pixels or obs.state_size is not None)):
             raise SystemExit(f'the graph never moved the arm; logs in {logdir}')
-        if obs.state_size != OBS_STATE:
+        if not args.pixels and obs.state_size != OBS_STATE:
             raise SystemExit(f'sim/state has {obs.state_size} values, this harness assumes {OBS_STATE}')
         # as with a running learner: a valid (signed) actor v1 is taken first, so the version-jump bound applies
         obs.pubs['poco/policy_weights'].publish(weights_msg(*actor_bytes(obs_dim, seed=4), 1, key))
         if not obs.spin(15, procs, lambda: obs.diag.get('weights_checked_version') == '1'):
             raise SystemExit(f'the policy did not take signed weights v1; logs in {logdir}')
         pool = weights_attacks(obs_dim, key, 2)
-        gens = {'joint_states': bad_joint_state, 'sim/state': bad_state, 'ee_pose': bad_ee,
-                'teleop/action': bad_teleop,
-                'poco/policy_weights': lambda r, i: (pool[i][1] if i < len(pool) else mutate_weights(r, i, pool))}
+        gens = {'joint_states': bad_joint_state, 'sim/state': bad_state}
+        if args.pixels:
+            del gens['sim/state']
+            gens.update({f'cameras/{c}/image_raw': bad_image for c in CAMERAS})
+        gens.update({'ee_pose': bad_ee, 'teleop/action': bad_teleop,
+                     'poco/policy_weights': lambda r, i: (pool[i][1] if i < len(pool)
+                                                          else mutate_weights(r, i, pool))})
+        if pauser is not None:
+            pauser.start(n * len(gens) / rate)
         for topic, gen in gens.items():
+            if pauser is not None:
+                pauser.topic = topic
             before = obs.counters()
             t_start = time.monotonic()
             tick_from = len(obs.tick_stamps)
@@ -432,6 +598,8 @@ def main(argv=None):
                     obs.spin(0.3, procs)  # each attack gets the worker to itself
                 else:
                     obs.spin(max(0.0, t_start + (i + 1) / rate - time.monotonic()), procs)
+            if pauser is not None and topic == list(gens)[-1]:
+                pauser.join()     # the remaining pauses happen while the last topic's row is still open
             obs.spin(2.0, procs)  # settle: commands after the last message count too
             after = obs.counters()
             for pr in procs:
@@ -458,6 +626,8 @@ def main(argv=None):
             15, procs, lambda: obs.diag.get('weights_checked_version') == str(want))
         result['max_jump_rad'] = round(obs.max_jump, 4)
     finally:
+        if pauser is not None:
+            pauser.cancel()
         for pr in procs:
             if not pr.alive() and pr.name not in exits:
                 exits[pr.name] = 'end'
@@ -466,17 +636,26 @@ def main(argv=None):
         for pr in procs:
             pr.stop()
     result['node_exits'] = exits
+    if pauser is not None:
+        result['sim_pauses'] = pauser.report()
     print(f'{"topic":22s} {"sent":>6s} {"exits":>5s} {"nonfin":>6s} {"beyond":>6s} {"pollut":>6s} '
           f'{"cmds":>5s} {"gap ms":>7s} {"late ms":>7s}  drops counted')
     for t, r in result['topics'].items():
         print(f'{t:22s} {r["sent"]:6d} {r["node_exits"]:5d} {r["nonfinite_commands"]:6d} '
               f'{r["beyond_delta_commands"]:6d} {r["polluted_transitions"]:6d} {r["commands"]:5d} '
               f'{r["max_tick_gap_ms"]:7.1f} {r["max_tick_delay_ms"]:7.1f}  {r["dropped"]}')
+    for j, ps in enumerate(result.get('sim_pauses', [])):
+        print(f'sim pause {j + 1}: during {ps["topic"]}: {ps["commands_while_stale"]} commands while stale '
+              f'({ps["stale_window_s"]} s window), {ps["moves_while_stale"]} of them not the held target (last new target '
+              f'{ps["last_move_after_stop_s"]} s after the stop), e-stop pressed + released, {ps["commands_after_release"]} commands '
+              f'in the {ps["after_s"]} s after the release; policy up: {ps["policy_alive"]}')
     print(f'signed weights taken: {result.get("signed_weights_taken")}; node exits: {exits or "none"}; '
           f'max command jump from a measured position {result.get("max_jump_rad")} rad; logs {logdir}')
     bad = (exits or not result.get('signed_weights_taken')
            or any(r['nonfinite_commands'] or r['beyond_delta_commands'] or r['polluted_transitions']
-                  for r in result['topics'].values()))
+                  for r in result['topics'].values())
+           or any(ps['moves_while_stale'] or not ps['policy_alive'] for ps in result.get('sim_pauses', []))
+           or (pauser is not None and len(result.get('sim_pauses', [])) < args.sim_pauses))
     result['ok'] = not bad
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

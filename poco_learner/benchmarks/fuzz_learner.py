@@ -30,7 +30,8 @@ beyond the configured bounds (|obs| <= the node's max_input_magnitude 1e4, |acti
 finished, with exactly the observations sent), finished valid episodes deleted by a stray transition, and the
 drop reasons the node counted (from /diagnostics when the node publishes it, else from its log's throttled
 `dropped <reason>: ... (N so far)` lines and its shutdown summary: a lower bound then, marked `(log)`), plus
-LearnerStatus.dropped_messages. The last line is `FUZZ_RESULT <json>`; exit status 1 when a must-be-zero column
+LearnerStatus.dropped_messages, and how many log lines bypassed the node's per-reason throttle (one per
+dropped message; reported, not a must-be-zero column). The last line is `FUZZ_RESULT <json>`; exit status 1 when a must-be-zero column
 (exits, polluted rows, valid rows lost, finished episodes deleted, rows lost by the kill beyond the allowance,
 unclean stop) is not zero.
 """
@@ -744,6 +745,10 @@ def main(argv=None):
         result['topics']['poco/episode_event']['polluted_rows'] = max(0, final['polluted_rows'] - kp)
     result['other_drops'] = {k: c for k, c in {**log_drops_before, **log_drops_after}.items()
                              if not k.startswith(('transition:', 'episode_event:'))}
+    # log lines per dropped message that bypass the node's throttle (poco_learner.episodes logs every gap)
+    result['unthrottled_log_lines'] = sum(
+        sum(1 for ln in f.read_text(errors='replace').splitlines() if ln.startswith('dropping transition ('))
+        for f in learner.logs if f.exists())
     result['seconds'] = round(time.monotonic() - t0, 1)
 
     print(f'{"topic":20s} {"sent":>6s} {"valid":>6s} {"exits":>5s} {"pollut":>6s} {"vrows":>6s} {"kept":>6s} '
@@ -766,7 +771,8 @@ def main(argv=None):
     print(f'buffer at the end: {final["rows"]} rows, {final.get("episodes")} episodes, {final["polluted_rows"]} '
           f'polluted; clean stop: {result["clean_stop"]} (exit {result["stop_exit_status"]}); node exits: '
           f'{result["node_exits"] or "none"}; /diagnostics received: {result.get("diagnostics_received")}; '
-          f'other drops: {result["other_drops"] or "none"}; {result["seconds"]} s; logs {logdir}')
+          f'other drops: {result["other_drops"] or "none"}; unthrottled per-message log lines: '
+          f'{result["unthrottled_log_lines"]}; {result["seconds"]} s; logs {logdir}')
     for b in result['bugs']:
         print(f'BUG: learner exited during {b["where"]} (status {b["exit_status"]}), log {b["log"]}')
         for tb in b['tracebacks']:

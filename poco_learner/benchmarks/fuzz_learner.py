@@ -27,7 +27,10 @@ learner node as a separate OS process (state mode, a small agent: 64x64 actor/cr
 Checked per topic: learner exits (the process died while fuzzed), buffer rows with non-finite values or values
 beyond the configured bounds (|obs| <= the node's max_input_magnitude 1e4, |action| <= buffer.action_bound 1.0,
 |reward| <= 1e4), valid rows sent vs kept (every valid episode not in flight at the kill must be in the buffer,
-finished, with exactly the observations sent), finished valid episodes deleted by a stray transition, and the
+finished, with exactly the observations sent; one whose messages the learner's log shows a step gap for never
+reached the learner's checks: lost on the way, counted apart as `valid_rows_lost_in_transport`, while the node's
+dropped-message count must equal the malformed messages it must refuse: more = valid messages refused, a
+must-be-zero column), finished valid episodes deleted by a stray transition, and the
 drop reasons the node counted (from /diagnostics when the node publishes it, else from its log's throttled
 `dropped <reason>: ... (N so far)` lines and its shutdown summary: a lower bound then, marked `(log)`), plus
 LearnerStatus.dropped_messages, and how many log lines bypassed the node's per-reason throttle (one per
@@ -337,6 +340,11 @@ def bad_transition(rng, i: int):
     return 'everything wrong', transition(2**64 - 1, 2**32 - 1, [math.nan] * 3, [1e30] * 9, [math.inf] * 2)
 
 
+# malformed kinds the node's own checks must refuse (the others pass them and meet the episode assembler)
+NODE_REFUSES = {'poco/transition': {'features empty', 'features short', 'features long', 'proprio size', 'action size',
+                                    'final obs + 3 actions', 'NaN', 'inf', '1e30', 'float32 max',
+                                    'beyond max_input_magnitude', 'everything wrong'},
+                'poco/episode_event': {'unknown code'}}
 EVENT_DETAILS = ['', 'x' * 65_536, 'é' * 1000 + '\u202e' + '漢字', '{"a": ' * 200]
 
 
@@ -377,7 +385,19 @@ def victim_strays(rng, eids: list[int]):
 
 
 # ------------------------------------------------------------------------------------------ the buffer on disk
-def read_buffer(run_dir: Path, valid: ValidEpisodes, exclude: set) -> dict:
+def gap_ids(logs) -> set:
+    """Episodes the learner saw a step-index gap in (a message of theirs never reached its checks)."""
+    pat = re.compile(r'^dropping transition \(episode (\d+) step \d+\): step \d+ arrived, expected')
+    out = set()
+    for f in logs:
+        for ln in (f.read_text(errors='replace').splitlines() if f.exists() else []):
+            m = pat.match(ln)
+            if m:
+                out.add(int(m.group(1)))
+    return out
+
+
+def read_buffer(run_dir: Path, valid: ValidEpisodes, exclude: set, gaps: set = frozenset()) -> dict:
     """Open the learner's buffer with its own loader (the learner must be stopped: the loader takes the lock)."""
     from poco_learner.buffer import BufferConfig, ReplayBuffer
     from poco_policy.observation import ActionScaler
@@ -407,7 +427,8 @@ def read_buffer(run_dir: Path, valid: ValidEpisodes, exclude: set) -> dict:
                 continue
             row = per_phase.setdefault(v['phase'], {'episodes_sent': 0, 'rows_sent': 0, 'rows_kept': 0,
                                                      'episodes_missing': 0, 'episodes_altered': 0,
-                                                     'victims': 0, 'victims_deleted': 0, 'victims_altered': 0})
+                                                     'victims': 0, 'victims_deleted': 0, 'victims_altered': 0,
+                                                     'rows_lost_in_transport': 0})
             L = len(v['actions'])
             ep = stored.get(eid)
             same = ep is not None and (
@@ -417,6 +438,11 @@ def read_buffer(run_dir: Path, valid: ValidEpisodes, exclude: set) -> dict:
                 row['victims'] += 1
                 row['victims_deleted'] += ep is None
                 row['victims_altered'] += ep is not None and not same
+                continue
+            if not same and eid in gaps:
+                # a message of it never reached the learner's checks (its log shows the gap): lost on the way
+                # (DDS under CPU starvation), not refused; counted on its own, not as a valid row lost
+                row['rows_lost_in_transport'] += L
                 continue
             row['episodes_sent'] += 1
             row['rows_sent'] += L
@@ -555,7 +581,7 @@ def main(argv=None):
             s = obs.last_status()
             self.base_rows = int(s.buffer_steps) if s is not None else 0
             self.base_steps = valid.steps_sent
-            self.t_start, self.k, self.waited = time.monotonic(), 0, 0.0
+            self.t_start, self.k, self.waited, self.rebased = time.monotonic(), 0, 0.0, 0
 
         def __call__(self, msgs: int = 1):
             self.k += msgs
@@ -564,9 +590,15 @@ def main(argv=None):
                 time.sleep(delay)
             want = self.base_rows + (valid.steps_sent - self.base_steps) - LAG_ROWS
             t = time.monotonic()
-            while learner.alive() and not stop['flag'] and time.monotonic() - t < 60:
+            while learner.alive() and not stop['flag']:
                 s = obs.last_status()
                 if s is None or int(s.buffer_steps) >= want:
+                    break
+                if time.monotonic() - t > 5.0:
+                    # no progress for 5 s: rows went missing (lost valid messages show up in the check), so
+                    # count from what the learner has now rather than wait for rows that will never come
+                    self.base_rows, self.base_steps = int(s.buffer_steps), valid.steps_sent
+                    self.rebased += 1
                     break
                 time.sleep(0.01)
             self.waited += time.monotonic() - t
@@ -597,7 +629,7 @@ def main(argv=None):
         secs = time.monotonic() - pace.t_start
         return {'sent': sent, 'valid_messages': valid_msgs, 'kinds': kinds, 'seconds': round(secs, 1),
                 'messages_per_s': round((sent + valid_msgs) / max(secs, 1e-9), 1),
-                'waited_for_learner_s': round(pace.waited, 1)}
+                'waited_for_learner_s': round(pace.waited, 1), 'pacer_rebased': pace.rebased}
 
     try:
         if not up(-math.inf):
@@ -716,7 +748,7 @@ def main(argv=None):
         except Exception:  # noqa: BLE001
             pass
 
-    final = read_buffer(run_dir, valid, in_flight_at_kill)
+    final = read_buffer(run_dir, valid, in_flight_at_kill, gap_ids(learner.logs))
     result['buffer'] = final
     log_drops_after = drops_from_log(learner.logs[-1])
     result['node_exits'] = {str(k): v for k, v in exits.items()}
@@ -726,6 +758,12 @@ def main(argv=None):
         row['node_exits'] = sum(1 for w in exits.values() if w == topic)
         row['valid_rows_sent'] = v.get('rows_sent', 0)
         row['valid_rows_kept'] = v.get('rows_kept', 0)
+        row['valid_rows_lost_in_transport'] = v.get('rows_lost_in_transport', 0)
+        # the node refused more messages than the malformed ones it must refuse: it refused valid ones
+        must = sum(c for kind, c in row['kinds'].items() if kind in NODE_REFUSES[topic])
+        got = row['status_dropped_messages']
+        row['valid_messages_refused'] = max(0, got - must) if got is not None else None
+        row['malformed_not_received'] = max(0, must - got) if got is not None else None
         row['valid_episodes_missing'] = v.get('episodes_missing', 0)
         row['valid_episodes_altered'] = v.get('episodes_altered', 0)
         row['victims'] = v.get('victims', 0)
@@ -763,6 +801,11 @@ def main(argv=None):
               f'{k["rows_after_restart"]} after the restart ({k["restart_s"]} s): {k["rows_lost"]} lost '
               f'({k["steps_sent_in_last_second"]} steps sent in the last second; {k["episodes_in_flight"]} '
               f'episodes in flight)')
+    for t, r in result['topics'].items():
+        print(f'{t}: valid rows lost on the way (never reached the checks) {r["valid_rows_lost_in_transport"]}, '
+              f'valid messages refused by the node {r["valid_messages_refused"]}, malformed messages not received '
+              f'{r["malformed_not_received"]}, {r["messages_per_s"]} messages/s (waited {r["waited_for_learner_s"]} s '
+              f'for the learner)')
     for ph in ('kill', 'final'):
         v = final['valid'].get(ph)
         if v:
@@ -781,6 +824,7 @@ def main(argv=None):
            or k.get('lost_beyond_allowance', 1) or not k.get('restarted')
            or len(result['topics']) < 2
            or any(r['valid_rows_kept'] < r['valid_rows_sent'] or r['finished_episodes_deleted']
+                  or r['valid_messages_refused']
                   or r['valid_rows_sent'] == 0 for r in result['topics'].values())
            or any(v['rows_kept'] < v['rows_sent'] for ph, v in final['valid'].items() if ph in ('kill', 'final')))
     result['ok'] = not bad

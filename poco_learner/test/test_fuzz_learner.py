@@ -61,6 +61,7 @@ def test_fuzz_learner_quick_all_zeros():
         assert row['sent'] == 100, (t, row)
         assert row['node_exits'] == 0 and row['polluted_rows'] == 0, (t, row)
         assert row['valid_rows_sent'] > 0 and row['valid_rows_kept'] == row['valid_rows_sent'], (t, row)
+        assert row['valid_messages_refused'] == 0, (t, row)   # the node refused only malformed messages
         assert row['dropped'], (t, row)                      # the malformed messages were counted by reason
         assert row['status_dropped_messages'] > 0, (t, row)  # and in LearnerStatus.dropped_messages
     tr = {k.split(' (log)')[0]: v for k, v in r['topics']['poco/transition']['dropped'].items()}

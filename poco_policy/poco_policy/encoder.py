@@ -274,9 +274,6 @@ def random_trunk_state(seed: int, norm: str = 'batch') -> dict[str, torch.Tensor
     return state
 
 
-_random_trunk_state = random_trunk_state  # the old private name
-
-
 def random_head_state(seed: int, head: str, feature_dim: int) -> dict[str, torch.Tensor]:
     """Unit-variance uniform random projections (Johnson-Lindenstrauss style), scaled by 1/sqrt(fan_in)."""
     shapes = head_keys(head, feature_dim)

@@ -20,7 +20,8 @@ A node marked `respawn` (the learner with --respawn) is started again `respawn_d
 the graph runs, with the same command line and environment (launch_ros `respawn=True`); its exits are logged and
 counted as crashes in the final report (exit status 1 when one was not a clean stop).
 
-Every child gets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (workplace rule: loopback only) and the run's
+Every child gets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (workplace rule: loopback only), a Fast DDS profile
+that binds DDS to --dds-interfaces (default 127.0.0.1; poco_bringup/dds.py) and the run's
 ROS_DOMAIN_ID (--domain-id, else $ROS_DOMAIN_ID, else a free one picked per run). Each child runs in its own
 process group; log lines are prefixed with `[name]`. Ctrl-C / SIGTERM / --duration stop everything: SIGINT,
 wait, SIGTERM, wait, SIGKILL. Exit status 1 when a node crashed (named, with its last lines), 2 on bad
@@ -49,6 +50,7 @@ from typing import Optional, Sequence, TextIO
 
 import yaml
 
+from poco_bringup import dds
 from poco_bringup import graph as graph_mod
 from poco_bringup import rosparams
 from poco_bringup.graph import GraphArgs, NodeSpec
@@ -529,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
             ap.add_argument(opt, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata['help'])
         else:
             ap.add_argument(opt, default=f.default, choices=f.metadata['choices'] or None, help=f.metadata['help'])
+    ap.add_argument('--dds-interfaces', default=','.join(dds.DEFAULT_INTERFACES), metavar='IP[,IP...]',
+                    help='bind DDS to these interface addresses via a Fast DDS profile written to the run folder '
+                         '(default: 127.0.0.1, this host only); a FASTDDS_DEFAULT_PROFILES_FILE already set wins')
     ap.add_argument('--sigint-timeout', type=float, default=10.0, help='grace period after SIGINT [s]')
     ap.add_argument('--sigterm-timeout', type=float, default=5.0, help='grace period after SIGTERM [s]')
     ap.add_argument('--dry-run', action='store_true', help='write params, print the commands, start nothing')
@@ -560,16 +565,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         errors = rosparams.check_graph(specs, gargs.overrides)  # also for --dry-run: fail here, not in a node
         if errors:
             raise UsageError('\npoco_run: error: '.join(errors))
+        try:
+            interfaces = dds.check_interfaces([a for a in ns.dds_interfaces.split(',') if a.strip()])
+        except ValueError as e:
+            raise UsageError(f'--dds-interfaces: {e}')
         domain_id, source, lock = choose_domain_id(ns.domain_id, os.environ)
         env = child_environment(os.environ, domain_id, run_dir)
+        env.update(dds.dds_env(run_dir, interfaces, os.environ))
         runner = Runner(specs, run_dir, env, sigint_timeout=ns.sigint_timeout, sigterm_timeout=ns.sigterm_timeout)
     except UsageError as e:
         print(f'poco_run: error: {e}', file=sys.stderr)
         return 2
     meta = dict(argv=list(sys.argv if argv is None else argv), graph=ns.graph, args=dataclasses.asdict(gargs),
                 ros_domain_id=domain_id, domain_id_source=source, discovery_range='LOCALHOST',
+                dds_profile=env.get(dds.PROFILE_ENV, ''), dds_interfaces=interfaces,
                 started=time.time(), duration_s=duration)
     runner.out.runner(f'run dir {run_dir}  ROS_DOMAIN_ID={domain_id} ({source})  discovery LOCALHOST  '
+                      f'DDS on {",".join(interfaces)}  '
                       f'{"duration " + format(duration, "g") + " s" if duration else "until Ctrl-C"}')
     if ns.dry_run:
         for c in runner.children:

@@ -96,3 +96,23 @@ def test_bad_interface_is_refused_in_one_line_and_operator_profile_wins(tmp_path
     assert dds.dds_env(tmp_path, environ={dds.PROFILE_ENV: '/etc/my_profile.xml'}) == {}
     xml = dds.profile_xml(['127.0.0.1', '10.0.0.5'])
     assert '<address>10.0.0.5</address>' in xml and '<useBuiltinTransports>false' in xml
+
+
+def test_runner_writes_the_profile_for_every_node_and_refuses_a_bad_interface(tmp_path):
+    env = dict(ros_env(7))
+    env.pop(dds.PROFILE_ENV, None)
+    run = tmp_path / 'run'
+    r = subprocess.run([sys.executable, '-m', 'poco_bringup.runner', 'sim', '--obs-mode', 'state', '--run-dir',
+                        str(run), '--dry-run', '--domain-id', '7'], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'DDS on 127.0.0.1' in r.stdout + r.stderr
+    meta = json.loads((run / 'run.json').read_text())
+    prof = run / 'params' / 'fastdds_profile.xml'
+    assert meta['dds_profile'] == str(prof) and meta['dds_interfaces'] == ['127.0.0.1']
+    assert '<address>127.0.0.1</address>' in prof.read_text()
+    bad = subprocess.run([sys.executable, '-m', 'poco_bringup.runner', 'sim', '--run-dir', str(tmp_path / 'r2'),
+                          '--dry-run', '--domain-id', '7', '--dds-interfaces', 'eth0'], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0, bad.stderr
+    assert "--dds-interfaces" in bad.stderr and "'eth0'" in bad.stderr

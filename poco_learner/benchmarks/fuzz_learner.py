@@ -67,6 +67,7 @@ VALID_BASE = 1_000_000    # valid episode ids
 FUZZ_BASE = 50_000_000    # malformed messages' own episode ids
 EXTREME_IDS = (0, 2**63, 2**64 - 1)
 LAG_ROWS = 60             # valid steps the sender may be ahead of the learner's reported buffer size
+LAG_ROWS_EVENTS = 15      # the same while flooding poco/episode_event (its queue is only 100 deep: 15 rows ~ 60 msgs)
 VICTIM_EVERY = 8          # every 8th valid episode (the first one too) of the transition phase gets a stray transition after it ended
 SMALL_AGENT = {'actor_hidden_dims': [64, 64], 'critic_hidden_dims': [64, 64], 'batch_size': 32,
                'num_candidates': 4, 'flow_steps': 4, 'pretrain_steps': 100, 'critic_warmup_steps': 30}
@@ -577,7 +578,8 @@ def main(argv=None):
         send, and its input queue (depth 1000) must not overflow (that would lose valid messages in transport,
         not in the learner's checks). Each valid step is one buffer row; the malformed messages add none."""
 
-        def __init__(self):
+        def __init__(self, lag_rows: int = LAG_ROWS):
+            self.lag_rows = lag_rows
             s = obs.last_status()
             self.base_rows = int(s.buffer_steps) if s is not None else 0
             self.base_steps = valid.steps_sent
@@ -588,7 +590,7 @@ def main(argv=None):
             delay = self.t_start + self.k * interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            want = self.base_rows + (valid.steps_sent - self.base_steps) - LAG_ROWS
+            want = self.base_rows + (valid.steps_sent - self.base_steps) - self.lag_rows
             t = time.monotonic()
             while learner.alive() and not stop['flag']:
                 s = obs.last_status()
@@ -606,7 +608,7 @@ def main(argv=None):
     def flood(topic: str, gen, phase: str, victims: bool = False) -> dict:
         sent = valid_msgs = 0
         kinds: dict[str, int] = {}
-        pace = Pacer()
+        pace = Pacer(LAG_ROWS_EVENTS if topic == 'poco/episode_event' else LAG_ROWS)
         for i in range(n):
             if stop['flag'] or not learner.alive():
                 break

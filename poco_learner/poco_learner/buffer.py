@@ -498,6 +498,12 @@ class ReplayBuffer:
         with self._lock:
             return self._check_id(episode_id) in self._by_id
 
+    def has_finished_episode(self, episode_id: EpisodeId) -> bool:
+        """Stored and ended (its steps are final: nothing may add to or remove it through the online path)."""
+        with self._lock:
+            key = self._by_id.get(self._check_id(episode_id))
+            return key is not None and self._episodes[key].ended
+
     def episode_ids(self) -> list[EpisodeId]:
         """All stored episodes, oldest first."""
         with self._lock:

@@ -44,6 +44,7 @@ class _Episode:
     ended_at: float = 0.0
     evaluation: bool = False
     dropped: bool = False
+    touched: float = 0.0            # wall time of its last message (idle entries are forgotten)
 
 
 class EpisodeAssembler:
@@ -58,13 +59,30 @@ class EpisodeAssembler:
         self.episodes: dict[int, _Episode] = {}
         self.finished: list[tuple[int, int, bool, bool]] = []  # (episode, steps, success, evaluation)
         self.dropped_messages = 0
+        self.drop_reasons: dict[str, int] = {}
+        # entries with no message for this long and no end are forgotten (a START or an end event for an episode
+        # whose steps never come would otherwise stay forever)
+        self.idle_s = max(300.0, 10 * grace_s)
 
     def _ep(self, eid: int) -> _Episode:
-        return self.episodes.setdefault(eid, _Episode())
+        ep = self.episodes.setdefault(eid, _Episode())
+        ep.touched = time.monotonic()
+        return ep
+
+    def _drop(self, reason: str, detail: str) -> None:
+        """Count a dropped message; log the 1st, 10th, 100th, ... of each reason (a flood must not flood the log)."""
+        self.dropped_messages += 1
+        n = self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+        if n & (n - 1) == 0 or n % 1000 == 0:   # powers of two, then every 1000th
+            log.warning('dropping transition (%s, %d so far): %s', reason, n, detail)
 
     def on_transition(self, episode_id: int, step_index: int, features, proprio, action, intervention: bool,
                       final_observation: bool) -> bool:
         """Returns False (and stores nothing) for a malformed or out-of-order step."""
+        if episode_id not in self.episodes and self._locked(self.buffer.has_finished_episode, episode_id):
+            # a late or stray message for an episode that is already stored and finished: never touch it
+            self._drop('finished episode', f'episode {episode_id} step {step_index}: already stored and finished')
+            return False
         ep = self._ep(episode_id)
         if ep.dropped:
             return False
@@ -84,12 +102,12 @@ class EpisodeAssembler:
                 return True
             self._locked(self.buffer.add_step, episode_id, obs, act, reward, intervention=intervention)
         except ValueError as e:
-            self.dropped_messages += 1
-            log.warning('dropping transition (episode %s step %s): %s', episode_id, step_index, e)
+            self._drop('step gap' if 'expected' in str(e) else 'bad values', f'episode {episode_id} step {step_index}: {e}')
             if 'expected' in str(e):
                 # a gap would splice unrelated states into one sequence: drop this episode entirely
                 ep.dropped = True
-                if self.buffer.has_episode(episode_id):
+                if (self._locked(self.buffer.has_episode, episode_id)
+                        and not self._locked(self.buffer.has_finished_episode, episode_id)):
                     self._locked(self.buffer.abort_episode, episode_id)
             return False
         ep.next_step += 1
@@ -97,6 +115,9 @@ class EpisodeAssembler:
         return True
 
     def on_event(self, episode_id: int, event: int, step_count: int, evaluation: bool):
+        if episode_id not in self.episodes and self._locked(self.buffer.has_finished_episode, episode_id):
+            self._drop('finished episode', f'event {event} for episode {episode_id}: already stored and finished')
+            return
         ep = self._ep(episode_id)
         if event == START:
             ep.evaluation = evaluation
@@ -113,6 +134,10 @@ class EpisodeAssembler:
             if ep.end_event is not None and ep.final_obs is None and now - ep.ended_at > self.grace_s:
                 ep.final_obs = ep.last_obs
                 self._maybe_finish(eid)
+                if ep.final_obs is None and eid in self.episodes:   # an end event for an episode with no steps
+                    del self.episodes[eid]
+            elif eid in self.episodes and now - ep.touched > self.idle_s:
+                del self.episodes[eid]  # its steps (if any) stay in the buffer as an open episode
 
     def _locked(self, fn, *args, **kwargs):
         if self.lock is None:

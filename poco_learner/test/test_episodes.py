@@ -72,3 +72,34 @@ def test_malformed_and_gapped_transitions_are_dropped_without_polluting():
     asm.on_transition(1, 3, np.zeros(D_FEAT), np.zeros(7), [], False, True)
     assert asm.dropped_messages == 2
     assert buf.stats()['episodes'] == 0 and not buf.has_episode(1)  # the gapped episode is removed
+
+
+def test_stray_messages_never_touch_a_finished_episode_and_logs_are_throttled(caplog):
+    """Issue 11 fuzz finding: one stray transition (step 3 of an episode already stored and finished) used to
+    look like a gap in a new episode and delete the stored one."""
+    buf, asm = _make()
+    _send(asm, 7, 4)
+    asm.on_event(7, SUCCESS, 4, False)
+    before = buf.get_episode(7)
+    with caplog.at_level('WARNING', logger='poco_learner.episodes'):
+        for _ in range(300):
+            assert not asm.on_transition(7, 3, np.ones(D_FEAT), np.zeros(7), np.zeros(7), False, False)
+            asm.on_event(7, SUCCESS, 4, False)
+    after = buf.get_episode(7)
+    assert buf.has_finished_episode(7) and len(after['actions']) == len(before['actions']) == 4
+    assert np.array_equal(after['rewards'], before['rewards']) and 7 not in asm.episodes
+    assert asm.drop_reasons['finished episode'] == 600
+    # 600 drops of one reason: logged at 1, 2, 4, ..., 512 only
+    assert 5 <= len([r for r in caplog.records if 'finished episode' in r.getMessage()]) <= 12
+
+
+def test_end_events_and_starts_without_steps_do_not_pile_up():
+    buf, asm = _make(grace_s=0.0)
+    for eid in range(1000, 1100):
+        asm.on_event(eid, TIMEOUT, 5, False)      # no transitions ever come for these
+    asm.poll()
+    assert asm.episodes == {} and buf.num_episodes == 0
+    asm.idle_s = 0.0
+    asm.on_event(5, START, 0, False)              # a start whose steps never come: forgotten when idle
+    asm.poll()
+    assert 5 not in asm.episodes

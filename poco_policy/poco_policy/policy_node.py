@@ -56,6 +56,9 @@ from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, EstopMonito
                                  WeightsGate, diagnostics, finite_array, image_to_array, use_sim_time_from_env)
 from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
 
+# A header stamp older than this is taken to be on another clock (an unsynchronised driver PC, a bag): the
+# watchdog then ages that input by its arrival instead.
+STAMP_TRUST_S = 30.0
 
 
 def _ns(t) -> int:
@@ -235,6 +238,15 @@ class PolicyNode(Node):
         """Node-clock seconds (sim time in the sim graph, else ROS/system time): all time comparisons."""
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _input_time(self, stamp) -> float:
+        """When an input counts as taken, for the staleness watchdog: its header stamp when that is on this
+        node's clock (not in the future, at most STAMP_TRUST_S old), else its arrival. A backlog in this node's
+        own queues (a loaded CPU) then ages an input by its capture time, not by when its callback ran (a fuzz
+        run under load found pixels-mode targets planned on 1 s old joint states with staleness_s 0.5)."""
+        now = self._now()
+        t = _ns(stamp) * 1e-9
+        return t if now - STAMP_TRUST_S <= t <= now else now
+
     # ---------------------------------------------------------------- inputs
     def on_joint_states(self, msg: JointState):
         names, positions = list(msg.name), list(msg.position)
@@ -259,7 +271,7 @@ class PolicyNode(Node):
                                                  f'outside the joint limits by more than {tol} rad')
         self.joint_state_bad = None
         self.q, self.gripper = q.astype(np.float32), g
-        self.stamps['joint_states'] = self._now()
+        self.stamps['joint_states'] = self._input_time(msg.header.stamp)
         self.obs_stamp = msg.header.stamp
         self._obs_ns['joint_states'] = _ns(msg.header.stamp)
         self._run_due()
@@ -273,7 +285,7 @@ class PolicyNode(Node):
 
     def on_image(self, cam: str, msg: Image):
         self.images[cam] = image_to_array(msg.height, msg.width, msg.encoding, msg.step, msg.data)
-        self.stamps[cam] = self._now()
+        self.stamps[cam] = self._input_time(msg.header.stamp)
         self._obs_ns[cam] = _ns(msg.header.stamp)
         self._run_due()
 

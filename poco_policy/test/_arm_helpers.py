@@ -180,6 +180,7 @@ def _run_standin(cfg: dict):
     import numpy as np
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.duration import Duration
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float32MultiArray, Float64MultiArray
@@ -240,7 +241,8 @@ def _run_standin(cfg: dict):
             else:
                 q[:] = traj['pts'][-1][1]
         m = JointState()
-        m.header.stamp = node.get_clock().now().to_msg()
+        # stamp_lag_s: a capture stamp that far in the past (a driver whose messages queue up somewhere)
+        m.header.stamp = (node.get_clock().now() - Duration(seconds=cfg.get('stamp_lag_s', 0.0))).to_msg()
         m.name = joints + [gripper]
         m.position = [float(x) for x in q] + [g[0]]
         st = Float32MultiArray(data=[float(x) for x in np.resize(q, state_dim)])

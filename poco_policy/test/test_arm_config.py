@@ -233,3 +233,34 @@ def test_a_target_outside_the_box_ends_the_episode(arm7):
     assert np.allclose(before[-1].position[:7], final[-1].proprio[:7], atol=1e-5), (before[-1].position, final[-1].proprio)
     tcp_z = [float(x) for x in ev.detail.split('[')[1].split(']')[0].split(',')][2]
     assert tcp_z < 0.3   # the box's floor: the URDF's forward kinematics put the target below it
+
+
+def test_joint_states_stamped_a_second_ago_are_stale_even_when_they_arrive_now(tmp_path):
+    """The watchdog ages an input by its capture stamp (on the node's clock), not by when its callback ran: a
+    driver whose joint states come 1 s late (stamp 1 s old, staleness_s 0.5) never gets a new target planned.
+    The same stand-in without the lag is what test_seven_joint_arm_acts_within_the_limits drives."""
+    env = ros_env()
+    path, _, _ = make_actor(tmp_path, STATE_DIM + 8, 8)
+    robot = standin(tmp_path, env, joints=J7, gripper_joint='finger_joint', q0=HOME7, g0=FINGER_OPEN,
+                    state_dim=STATE_DIM, stamp_lag_s=1.0)
+    policy = Proc(tmp_path, 'policy', env, params=arm7_params(initial_weights=str(path)))
+    procs = [robot, policy]
+    old = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    os.environ.update(ROS_DOMAIN_ID=env['ROS_DOMAIN_ID'], ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    op = None
+    try:
+        op = Operator(procs)
+        # the node is up and sees the joint states (diagnostics), but they are 1 s old on arrival
+        assert op.spin(60, lambda: op.diag.get('input_age_s/joint_states', 'never') != 'never'), policy.text()[-3000:]
+        op.spin(15.0, lambda: False)
+        ages = float(op.diag['input_age_s/joint_states'])
+        assert ages >= 0.9, op.diag
+        assert not [t for _, t in op.got['tr'] if not t.final_observation], 'acted on 1 s old joint states'
+        assert not op.events(op.EpisodeEvent.START), 'started an episode on 1 s old joint states'
+        assert policy.alive()
+    finally:
+        if op is not None:
+            op.close()
+        for p in procs:
+            p.stop()
+        os.environ.update({k: v for k, v in old.items() if v is not None})

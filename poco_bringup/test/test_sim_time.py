@@ -160,7 +160,8 @@ def test_sim_clock_waits_for_a_stalled_learner_without_policy_watchdog(tmp_path)
         t.spin(2.0, procs)
         speed = (t.sim_seconds() - c0) / (time.monotonic() - w0)
         print(f'paced sim, learner keeping up: {speed:.1f} sim s per wall s = {15 * speed:.0f} env steps/s')
-        assert speed > 1.5, f'lockstep should run faster than real time on state mode, got x{speed:.2f}'
+        # faster than real time (state mode): x2-4 on an idle 2-core machine, x1.3 measured at load ~10
+        assert speed > 1.1, f'lockstep should run faster than real time on state mode, got x{speed:.2f}'
         assert max(t.commands) <= t.clock_ns and t.commands[-1] > 10**9, 'commands are stamped in sim time'
         assert any(a.command_sent for a in t.acks) and any(a.phase == 'running' for a in t.acks)
 

@@ -16,7 +16,7 @@ The learner's update-to-data ratio is low by default (`--utd 0.1`) so that the l
 sim graph the sims wait for the learner's pace, so with a learner at U updates/s and ratio r, K robots together
 never exceed U / r env steps/s whatever K is (the benchmark prints the learner's updates/s beside the rates).
 
-    python poco_bringup/benchmarks/bench_multi_robot.py [--robots 2] [--window 20] [--cap 2] [--utd 0.1]
+    python poco_bringup/benchmarks/bench_multi_robot.py [--robots 2] [--window 20] [--cap 2] [--utd 0.1] [--quick]
 
 The test poco_bringup/test/test_multi_robot.py uses `run_graph()` from here.
 """
@@ -193,7 +193,10 @@ def main(argv=None) -> int:
     ap.add_argument('--cap', type=float, default=2.0, help='sim.max_real_time_factor per robot (0 = none)')
     ap.add_argument('--utd', type=float, default=0.1, help='learner.utd_ratio')
     ap.add_argument('--tmp', default='', help='work folder (default: a new temp folder)')
+    ap.add_argument('--quick', action='store_true', help='a 5 s window (make bench): the figures are rough')
     a = ap.parse_args(argv)
+    if a.quick:
+        a.window = min(a.window, 5.0)
     tmp = Path(a.tmp or tempfile.mkdtemp(prefix='bench_multi_robot-'))
     tmp.mkdir(parents=True, exist_ok=True)
     demos = collect_demos(tmp / 'demos')

@@ -165,9 +165,14 @@ def test_learner_host_goes_away_and_comes_back(tmp, demos):
               f'{after.buffer_steps} steps, phase {after.phase}; the robot now acts with v{w.version()}')
         assert 'resumed buffer' in new_log and 'resumed checkpoint' in new_log, new_log[-3000:]
         assert re.search(r'resumed at update \d+ \(checkpoint\)', new_log), new_log[-3000:]
-        assert after.buffer_steps >= before.buffer_steps and after.demo_steps == before.demo_steps
+        # stored steps survive; the episode open at the kill may be dropped on reload (its end never comes), so
+        # allow at most one episode's steps (H = 100 here) below the count before the kill
+        assert after.buffer_steps >= before.buffer_steps - 100 and after.demo_steps == before.demo_steps
         assert after.phase in ('warmup', 'poco'), after.phase      # no second pre-training
-        assert w.version() == v_kill + 1, (v_kill, w.version())    # the next version, nothing skipped
+        # the restarted learner's first version is the next one, nothing skipped or repeated (the robot's 1 Hz
+        # diagnostics may already show a later one: on an idle machine several versions go out per second)
+        pubs = [int(v) for v in re.findall(r'published weights v(\d+)', new_log)]
+        assert pubs and pubs[0] == v_kill + 1, (v_kill, pubs[:5], w.version())
         # and the robot group never noticed beyond its pace: nothing crashed, it is still running
         assert robot_alive(), tail('robot')
     finally:

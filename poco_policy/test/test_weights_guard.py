@@ -200,7 +200,7 @@ def test_learner_signs_what_the_policy_verifies(tmp_path):
     key = os.urandom(32)
     sent = []
     stamp = SimpleNamespace(to_msg=lambda: __import__('builtin_interfaces.msg', fromlist=['Time']).Time())
-    fake = SimpleNamespace(weights_key=key, weights_pub=SimpleNamespace(publish=sent.append),
+    fake = SimpleNamespace(weights_key=key, weights_pubs=[SimpleNamespace(publish=sent.append)],
                            get_clock=lambda: SimpleNamespace(now=lambda: stamp))
     p, m = actor_bytes()
     LearnerNode.publish_weights(fake, 7, p, m)

@@ -109,7 +109,7 @@ def test_forward_position_controller_and_float64_gripper(tmp_path):
     assert checked >= 30
     # the stand-in integrated the commands: the arm moved away from home
     js = [np.array(m.position[:6]) for _, m in op.got['js']]
-    assert np.abs(js[-1] - np.array(SIM_HOME)).max() > 1e-3
+    assert max(np.abs(q - np.array(SIM_HOME)).max() for q in js) > 1e-3   # (an episode end homes it again)
     assert 'forward_position' in log
 
 
@@ -154,6 +154,7 @@ def test_joint_trajectory_per_chunk(tmp_path):
     assert gripper_cmds and all(list(m.name) == ['gripper'] for m in gripper_cmds)
     assert all(G_CLOSED - 1e-9 <= m.position[0] <= G_OPEN + 1e-9 for m in gripper_cmds)
     js = [np.array(m.position[:6]) for _, m in op.got['js']]
-    assert np.abs(js[-1] - np.array(SIM_HOME)).max() > 1e-3   # the stand-in followed the trajectories
+    # the stand-in followed the trajectories (at some point; an episode end homes the arm again)
+    assert max(np.abs(q - np.array(SIM_HOME)).max() for q in js) > 1e-3
     stamps = [stamp_s(m.header.stamp) for m in gripper_cmds]
     assert stamps == sorted(stamps)

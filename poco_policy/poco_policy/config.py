@@ -181,18 +181,22 @@ def _ros_value(v: Any) -> Any:
     return v
 
 
-def declare_ros_parameters(node: Any, cls: type[T], prefix: str = '') -> T:
+def declare_ros_parameters(node: Any, cls: type[T], prefix: str = '', describe=None) -> T:
     """Declare every field of `cls` as a ROS parameter (default = dataclass default) and read them back.
 
     Nested config dataclasses become dotted names (`agent.eta`). The names the node was explicitly given
     (params files, --ros-args -p, launch) are recorded on the node as `node.explicit_parameters`, so a preset
-    can fill everything else without overriding what the user set."""
+    can fill everything else without overriding what the user set. `describe(field, default)` -> a
+    ParameterDescriptor (or None) for a top-level field (poco_policy.params passes one)."""
     types = param_schema(cls)
     defaults = flat_dict(cls())  # every config dataclass has full defaults
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for name in types:
         default = _ros_value(defaults[name])
-        param = node.declare_parameter(prefix + name, default)
+        desc = describe(fields[name], default) if describe is not None and name in fields else None
+        param = (node.declare_parameter(prefix + name, default, desc) if desc is not None
+                 else node.declare_parameter(prefix + name, default))
         values[name] = param.value
     for name, tp in types.items():
         if values[name] == '' and typing.get_origin(tp) is typing.Union:

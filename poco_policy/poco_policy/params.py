@@ -6,10 +6,9 @@ rclpy is imported by the call only."""
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any, TypeVar
 
-from poco_policy.config import _ros_value, flat_dict, from_dict, param_schema
+from poco_policy.config import declare_ros_parameters as _declare
 
 T = TypeVar('T')
 
@@ -35,26 +34,6 @@ def descriptor(field: dataclasses.Field, default: Any):
 
 
 def declare_ros_parameters(node: Any, cls: type[T], prefix: str = '') -> T:
-    """Declare every field of `cls` (flat fields; nested configs are not used by the policy node) with its
-    descriptor and read them back as a `cls` instance."""
-    types = param_schema(cls)
-    defaults = flat_dict(cls())
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for name in types:
-        default = _ros_value(defaults[name])
-        f = fields.get(name)
-        desc = descriptor(f, default) if f is not None else None
-        p = node.declare_parameter(prefix + name, default, desc) if desc is not None else \
-            node.declare_parameter(prefix + name, default)
-        values[name] = p.value
-    for name, tp in types.items():
-        if values[name] == '' and typing.get_origin(tp) is typing.Union:
-            values[name] = None
-    overrides = getattr(node, '_parameter_overrides', {}) or {}
-    explicit = {n for n in types if prefix + n in overrides}
-    try:
-        node.explicit_parameters = set(getattr(node, 'explicit_parameters', set())) | explicit
-    except AttributeError:
-        pass
-    return from_dict(cls, values)
+    """Declare every field of `cls` with its descriptor and read them back as a `cls` instance (the
+    declaration itself is poco_policy.config's)."""
+    return _declare(node, cls, prefix, describe=descriptor)

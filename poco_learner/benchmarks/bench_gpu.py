@@ -25,12 +25,16 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from poco_learner.agent import Agent, AgentConfig
 from poco_policy.device import cuda_device_count, resolve_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_update  # noqa: E402  (same folder: one synthetic batch for both benchmarks)
 
 CONFIGS = {
     'paper': dict(preset='table3_pick_cube', obs_dim=1031),
@@ -53,13 +57,9 @@ def make_agent(name: str, device: str, mixed: bool, quick: bool) -> Agent:
 
 
 def make_batch(cfg: AgentConfig, rng: np.random.Generator) -> dict:
-    B, T, A = cfg.batch_size, cfg.horizon, cfg.action_dim
-    return dict(obs=rng.standard_normal((B, cfg.obs_dim)).astype(np.float32),
-                actions=rng.uniform(-1, 1, (B, T, A)).astype(np.float32),
-                rewards=np.zeros((B, T), np.float32), valid=np.ones((B, T), np.float32),
-                returns=rng.uniform(0, 1, B).astype(np.float32),
-                next_obs=rng.standard_normal((B, cfg.obs_dim)).astype(np.float32),
-                discount=np.full(B, 0.99 ** T, np.float32), is_demo=np.zeros(B, np.float32))
+    """bench_update's synthetic batch, at this agent's sizes."""
+    return bench_update.make_batch(rng, bench_update.Sizes(batch=cfg.batch_size, horizon=cfg.horizon,
+                                                           action_dim=cfg.action_dim, obs_dim=cfg.obs_dim))
 
 
 def time_update(agent: Agent, reps: int, warmup: int = 3) -> dict:

@@ -33,7 +33,6 @@ import argparse
 import collections
 import ctypes
 import dataclasses
-import datetime
 import fcntl
 import importlib.util
 import json
@@ -54,6 +53,7 @@ from poco_bringup import dds
 from poco_bringup import graph as graph_mod
 from poco_bringup import rosparams
 from poco_bringup.graph import GraphArgs, NodeSpec
+from poco_policy.config import fresh_run_dir
 
 TAIL_LINES = 25
 # Exit codes that mean "stopped because we asked it to".
@@ -496,21 +496,6 @@ def load_graph_file(path: str, args: GraphArgs) -> list[NodeSpec]:
     return list(mod.graph(args))
 
 
-def fresh_run_dir(base: Path) -> Path:
-    """A new, empty `base/<YYYYmmdd-HHMMSS>[-N]`, created atomically (two runs started in the same second get
-    two folders; neither resumes the other)."""
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    base.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        p = base / (stamp if n == 1 else f'{stamp}-{n}')
-        try:
-            p.mkdir()
-        except FileExistsError:
-            continue
-        return p.resolve()
-    raise UsageError(f'no free run folder name under {base}')
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog='poco_run', description='Start a poco-ros node graph without `ros2 launch` (same graph as the '
@@ -550,7 +535,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_dir = Path(ns.run_dir).resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
         else:           # the default is always a new folder, never another run's
-            run_dir = fresh_run_dir(Path('runs'))
+            try:
+                run_dir = fresh_run_dir(Path('runs'))
+            except RuntimeError as e:
+                raise UsageError(str(e))
         kw = {f.name: getattr(ns, f.name) for f in graph_mod.graph_fields()
               if f.name not in ('run_dir',)}
         gargs = GraphArgs(run_dir=str(run_dir), **kw)

@@ -24,6 +24,7 @@ import numpy as np
 from poco_learner.agent import AgentConfig
 from poco_learner.buffer import BufferConfig
 from poco_learner.episodes import EpisodeAssembler, RewardConfig
+from poco_policy.config import fresh_run_dir
 from poco_policy.contract import ACTION_DIM, MAX_JOINT_DELTA
 from poco_policy.encoder import EncoderConfig
 PROGRESS_EVERY_S = 0.25  # how often the update counters go to <run_dir>/progress.json (a small atomic write)
@@ -96,21 +97,6 @@ def effective_parameters(params: dict) -> dict:
     out = dict(params)
     out.update({f'agent.{k}': v for k, v in flat_dict(agent).items()})
     return out
-
-
-def fresh_run_dir(base: str | Path = 'runs') -> Path:
-    """A new, empty `base/<YYYYmmdd-HHMMSS>[-N]` (created here, atomically: two learners started in the same
-    second get two folders)."""
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    Path(base).mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        p = Path(base) / (stamp if n == 1 else f'{stamp}-{n}')
-        try:
-            p.mkdir()
-        except FileExistsError:
-            continue
-        return p.resolve()
-    raise RuntimeError(f'no free run folder name under {base}')
 
 
 class Learner:

@@ -208,3 +208,20 @@ def declare_ros_parameters(node: Any, cls: type[T], prefix: str = '', describe=N
     except AttributeError:
         pass
     return from_dict(cls, values)
+
+
+def fresh_run_dir(base: str | Path = 'runs') -> Path:
+    """A new, empty `base/<YYYYmmdd-HHMMSS>[-N]`, created atomically (two runs or learners started in the same
+    second get two folders; neither resumes the other). Here, torch- and ROS-free, so that both the runner
+    (which must start in about a second) and the learner use it."""
+    import time
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    Path(base).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        p = Path(base) / (stamp if n == 1 else f'{stamp}-{n}')
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        return p.resolve()
+    raise RuntimeError(f'no free run folder name under {base}')

@@ -159,6 +159,9 @@ def test_learner_host_goes_away_and_comes_back(tmp, demos):
         learner = start('learner')
         assert w.spin_until(lambda: w.version() > v_kill, 300,
                             lambda: robot_alive() and learner.poll() is None), tail('learner')
+        # the weights can come before the restarted learner's first status (1 Hz): wait for that status too
+        assert w.spin_until(lambda: any(t > t_restart for t, _ in w.status), 30,
+                            lambda: robot_alive() and learner.poll() is None), tail('learner')
         after = next(s for t, s in w.status if t > t_restart)
         new_log = (learner_run / 'logs' / 'learner.log').read_bytes()[log_len:].decode(errors='replace')
         print(f'learner back after {time.monotonic() - t_restart:.1f} s: buffer {before.buffer_steps} -> '

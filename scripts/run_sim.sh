@@ -5,11 +5,15 @@
 #   bash scripts/run_sim.sh [--env-steps 20000] [--duration WALL] [--task pick_cube|peg_insert]
 #                           [--obs-mode pixels|state] [--episodes 10] [--noise 0|STD|noisy] [--seed 4]
 #                           [--algorithm poco] [--run-dir DIR] [--demos DIR] [--dry-run]
+#                           [--encoder pretrain|random|FILE] [--encoder-steps 300]
 #                           [-- <more `poco_run sim` options, e.g. --set node.p=v>]
 # The budget is in env steps (sim time): the sim waits for the learner, so the same run takes longer on a
 # slower CPU and gives the same curve; --duration adds a wall-clock limit. Each option also reads an
-# environment variable: ENV_STEPS DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM RUN_DIR DEMOS.
-# --demos reuses an existing dataset (no collection). Ctrl-C stops the run cleanly and still prints where
+# environment variable: ENV_STEPS DURATION TASK OBS_MODE EPISODES NOISE SEED ALGORITHM RUN_DIR DEMOS
+# ENCODER ENCODER_STEPS.
+# --demos reuses an existing dataset (no collection). Pixels mode: --encoder pretrain (the default) trains the
+# ResNet-10 encoder on the demos first (poco_pretrain_encoder, docs/encoder.md) and freezes it for the policy
+# and the learner; random keeps the seeded random weights; FILE uses that checkpoint. Ctrl-C stops the run cleanly and still prints where
 # the results are.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +29,8 @@ SEED="${SEED:-4}"
 ALGORITHM="${ALGORITHM:-poco}"
 RUN_DIR="${RUN_DIR:-}"
 DEMOS="${DEMOS:-}"
+ENCODER="${ENCODER:-pretrain}"  # pixels mode: pretrain | random | path to an encoder checkpoint
+ENCODER_STEPS="${ENCODER_STEPS:-300}"
 DRY_RUN=0
 EXTRA=()
 
@@ -42,6 +48,8 @@ while [ "$#" -gt 0 ]; do
     --algorithm) need "$@"; ALGORITHM="$2"; shift 2 ;;
     --run-dir)   need "$@"; RUN_DIR="$2"; shift 2 ;;
     --demos)     need "$@"; DEMOS="$2"; shift 2 ;;
+    --encoder)   need "$@"; ENCODER="$2"; shift 2 ;;
+    --encoder-steps) need "$@"; ENCODER_STEPS="$2"; shift 2 ;;
     --dry-run)   DRY_RUN=1; shift ;;
     -h|--help)   usage; exit 0 ;;
     --)          shift; EXTRA+=("$@"); break ;;
@@ -81,10 +89,33 @@ else
   say "using existing demos $DEMOS"
 fi
 
+# 1b) pixels: the frozen image encoder the policy and the learner share
+ENC_ARGS=()
+if [ "$OBS_MODE" = pixels ]; then
+  case "$ENCODER" in
+    random) say "encoder: seeded random ResNet-10 weights (--encoder random)" ;;
+    pretrain)
+      ENC_FILE="$RUN_DIR/encoder.safetensors"
+      PRE=(install/poco_learner/lib/poco_learner/poco_pretrain_encoder --data "$DEMOS" --out "$ENC_FILE"
+           --steps "$ENCODER_STEPS" --seed "$SEED")
+      say "pre-training the encoder on the demos: ${PRE[*]}"
+      if [ "$DRY_RUN" = 1 ]; then
+        say "(dry run: not pre-training)"
+      else
+        "${PRE[@]}" 2>&1 | sed -u 's/^/[pretrain_encoder] /'
+        [ "${PIPESTATUS[0]}" = 0 ] || { say "ERROR: encoder pre-training failed"; exit 1; }
+      fi
+      ENC_ARGS=(--encoder-checkpoint "$ENC_FILE") ;;
+    *)
+      [ -f "$ENCODER" ] || { say "ERROR: --encoder $ENCODER: not pretrain, random or a file"; exit 2; }
+      ENC_ARGS=(--encoder-checkpoint "$(cd "$(dirname "$ENCODER")" && pwd)/$(basename "$ENCODER")") ;;
+  esac
+fi
+
 # 2) the graph: sim + policy + learner (pre-trains on the demos, then fine-tunes online) + monitor
 RUN=(install/poco_bringup/lib/poco_bringup/poco_run sim --run-dir "$RUN_DIR"
      --task "$TASK" --obs-mode "$OBS_MODE" --algorithm "$ALGORITHM" --seed "$SEED" --demo-dataset "$DEMOS"
-     --set "monitor.stop_after_steps=$ENV_STEPS")
+     --set "monitor.stop_after_steps=$ENV_STEPS" ${ENC_ARGS[@]+"${ENC_ARGS[@]}"})
 [ -n "$DURATION" ] && RUN+=(--duration "$DURATION")
 [ "$DRY_RUN" = 1 ] && RUN+=(--dry-run)
 RUN+=(${EXTRA[@]+"${EXTRA[@]}"})
@@ -99,7 +130,7 @@ if [ -f "$RUN_DIR/episodes.csv" ] && [ ! -f "$RUN_DIR/learning_curve.png" ]; the
   python -m poco_bringup.plotting "$RUN_DIR/episodes.csv" "$RUN_DIR/learning_curve.png" >/dev/null 2>&1 || true
 fi
 say "results in $RUN_DIR:"
-for f in episodes.csv learner.csv learning_curve.png logs params run.json; do
+for f in encoder.safetensors episodes.csv learner.csv learning_curve.png logs params run.json; do
   if [ -e "$RUN_DIR/$f" ]; then say "  $RUN_DIR/$f"; fi
 done
 [ "$rc" = 0 ] || say "the run failed (exit $rc): see the [runner] lines above and $RUN_DIR/logs"

@@ -154,6 +154,8 @@ class GraphArgs:
     preset: str = _arg('', 'learner hyper-parameter preset (learner.preset); "" = the YAML value')
     namespace: str = _arg('', 'ROS namespace of all nodes (one per robot)')
     demo_dataset: str = _arg('', 'episode dataset the learner pre-trains on and seeds its buffer with')
+    encoder_checkpoint: str = _arg('', 'pixels: image encoder safetensors for the policy and the learner (one value '
+                                       'for both, so their features agree); "" = the YAML values')
     seed: str = _arg('', 'seed for sim, policy and learner; "" = the YAML values')
     monitor: bool = _arg(True, 'start the monitor node (progress line, CSV, learning curve)')
     rviz: bool = _arg(False, 'start rviz2 with config/poco.rviz')
@@ -260,6 +262,10 @@ def _run_params(a: GraphArgs, node: str) -> dict[str, Any]:
         p['obs_mode'] = a.obs_mode
         if a.seed != '':
             p['seed'] = int(a.seed)
+    if a.encoder_checkpoint and node == 'policy':
+        p['encoder_checkpoint'] = str(Path(a.encoder_checkpoint).expanduser().resolve())
+    if a.encoder_checkpoint and node == 'learner':
+        p['encoder.checkpoint_path'] = str(Path(a.encoder_checkpoint).expanduser().resolve())
     if node in ('learner', 'monitor') and a.run_dir:
         p['run_dir'] = str(Path(a.run_dir).resolve())
     if node == 'learner':

@@ -36,6 +36,7 @@ def read_episodes(csv_path: str | Path) -> list[dict]:
                     rows.append(dict(evaluation=int(_num(r.get('evaluation'), 0)) == 1,
                                      success=1.0 if _num(r.get('success'), 0) >= 0.5 else 0.0,
                                      env_steps=_num(r.get('env_steps')), elapsed_s=_num(r.get('elapsed_s')),
+                                     total_steps=_num(r.get('total_steps')),
                                      episode_id=r.get('episode_id', '')))
                 except (TypeError, ValueError):
                     continue
@@ -117,13 +118,54 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, *, train_win
                 last_train_success_ma=train[-1]['success_ma'] if train else None)
 
 
+def score_run(rows: list[dict], pretrained: int = 20, final: int = 60, window: int = 20,
+              warmup_steps: float = 0) -> dict:
+    """The main job's scores from its episode rows (evaluation episodes only): `pretrained` = success over the
+    first `pretrained` evaluations (the initial block, weights held); `final` = over the last `final`;
+    `worst_window` = the lowest success of `window` consecutive evaluations after the block that end after
+    the critic warm-up (`warmup_steps` training env steps); `drop` = pretrained - worst_window."""
+    ev = [r for r in rows if r['evaluation']]
+    pre, online = ev[:pretrained], ev[pretrained:]
+    after = [r for r in online if r['env_steps'] > warmup_steps]
+    wins = [sum(r['success'] for r in after[i:i + window]) / window for i in range(len(after) - window + 1)]
+    mean = (lambda xs: sum(xs) / len(xs) if xs else math.nan)
+    out = dict(pretrained=mean([r['success'] for r in pre]), final=mean([r['success'] for r in online[-final:]]),
+               worst_window=min(wins) if wins else math.nan, eval_episodes=len(ev),
+               env_steps=int(rows[-1]['env_steps']) if rows else 0,  # training steps (warm-up counts these)
+               total_steps=int(rows[-1].get('total_steps', 0) or 0) if rows and math.isfinite(
+                   rows[-1].get('total_steps', 0)) else 0,  # evaluations included
+               wall_s=round(rows[-1]['elapsed_s'], 1) if rows else math.nan)
+    out['drop'] = out['pretrained'] - out['worst_window']
+    return out
+
+
+def _run_warmup_steps(csv_path: str | Path) -> float:
+    # the learner writes its resolved configuration beside the episode log
+    import json
+    try:
+        cfg = json.loads(Path(csv_path).with_name('learner_config.json').read_text())
+        return float(cfg['agent']['critic_warmup_steps'])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description='Plot the learning curve of a run from its episodes.csv')
     ap.add_argument('csv')
     ap.add_argument('png', nargs='?', help='default: learning_curve.png next to the CSV')
     ap.add_argument('--train-window', type=int, default=20)
     ap.add_argument('--eval-window', type=int, default=5)
+    ap.add_argument('--score', action='store_true',
+                    help='print the scores instead (pre-trained = first --pretrained evaluations, final = last '
+                         '--final, worst --window-evaluation window after the critic warm-up of learner_config.json)')
+    ap.add_argument('--pretrained', type=int, default=20)
+    ap.add_argument('--final', type=int, default=60)
+    ap.add_argument('--window', type=int, default=20)
     a = ap.parse_args(argv)
+    if a.score:
+        s = score_run(read_episodes(a.csv), a.pretrained, a.final, a.window, _run_warmup_steps(a.csv))
+        print(' | '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}' for k, v in s.items()))
+        return 0
     png = a.png or str(Path(a.csv).with_name('learning_curve.png'))
     print(plot_learning_curve(a.csv, png, train_window=a.train_window, eval_window=a.eval_window))
     return 0

@@ -119,3 +119,24 @@ def test_learner_log_handles_nan(tmp_path):
     assert 'upd 10 v2' in log.progress()
     log.close()
     assert (tmp_path / 'learner.csv').read_text().count('\n') == 2
+
+
+def test_score_run_blocks_windows_and_warmup(tmp_path, capsys):
+    # 4 pre-trained evaluations (3 successes), then evaluations at env steps 10, 20, ...: the ones before the
+    # warm-up's end (steps <= 30) never count in a window; the worst window after it is (0, 0)
+    ev = [1, 1, 1, 0] + [0, 0, 0] + [1, 0, 0, 1, 1, 1]
+    rows = [dict(evaluation=True, success=float(s), env_steps=0.0 if i < 4 else 10.0 * (i - 3),
+                 elapsed_s=float(i), total_steps=float(20 * i)) for i, s in enumerate(ev)]
+    s = plotting.score_run(rows, pretrained=4, final=3, window=2, warmup_steps=30)
+    assert s['pretrained'] == 0.75 and s['final'] == 1.0
+    assert s['worst_window'] == 0.0 and s['drop'] == 0.75
+    assert s['eval_episodes'] == len(ev) and s['total_steps'] == 20 * (len(ev) - 1)
+    assert math.isnan(plotting.score_run(rows, pretrained=4, window=2, warmup_steps=100)['worst_window'])
+    # the CLI reads the warm-up from the learner_config.json beside the CSV
+    write_csv(tmp_path / 'episodes.csv', [dict(r, episode_id=i, evaluation=1, success=int(r['success']))
+                                          for i, r in enumerate(rows)])
+    (tmp_path / 'learner_config.json').write_text('{"agent": {"critic_warmup_steps": 30}}')
+    assert plotting.main([str(tmp_path / 'episodes.csv'), '--score', '--pretrained', '4', '--final', '3',
+                          '--window', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'pretrained 0.75' in out and 'worst_window 0.00' in out and 'final 1.00' in out

@@ -45,6 +45,11 @@ from poco_learner.train import OnlineTrainer, pretrain
 class ExperimentConfig:
     name: str = ''                                # label in log lines ('' = the algorithm)
     task: str = 'pick_cube'
+    obs_mode: str = 'state'                       # state | pixels (both cameras through the frozen encoder)
+    # pixels: 'pretrain' = poco_pretrain_encoder on this run's demos (the main job's default), 'random' = the
+    # seeded random ResNet-10, or a checkpoint path
+    encoder: str = 'pretrain'
+    encoder_steps: int = 300
     algorithm: str = 'poco'
     seed: int = 0
     preset: str = 'sim_cpu'
@@ -99,6 +104,39 @@ def _state_obs(obs: dict) -> np.ndarray:
     return np.concatenate([obs['state'], obs['proprio']]).astype(np.float32)
 
 
+def _pixel_observer(cfg: ExperimentConfig, out: Path, env, demo_eps: list[dict], log, tag: str):
+    """Pixels mode: the frozen encoder the policy node and the learner would share (pre-trained on this run's
+    demos, as run_sim.sh does, or random / a given file) and the observation function built on it."""
+    from poco_policy.encoder import EncoderConfig
+    from poco_policy.observation import ObservationAssembler, ObservationConfig
+    from poco_sim.collect import FORMAT_VERSION, write_episode, write_meta
+    ckpt = ''
+    if cfg.encoder == 'pretrain':
+        from poco_learner.pretrain_encoder import PretrainEncoderConfig, pretrain as pretrain_encoder
+        demo_dir = out / 'demos'
+        demo_dir.mkdir(exist_ok=True)
+        for i, ep in enumerate(demo_eps):
+            write_episode(demo_dir, i, ep)
+        write_meta(demo_dir, {'format_version': FORMAT_VERSION, 'source': 'poco_learner.experiment', 'task': cfg.task,
+                              'obs_mode': 'pixels', 'image_size': env.image_size, 'cameras': list(env.cameras),
+                              'state_dim': 0, 'proprio_dim': 7, 'action_dim': 7,
+                              'max_joint_delta': env.max_joint_delta, 'control_rate_hz': env.control_rate_hz,
+                              'max_steps': env.max_steps, 'joint_names': env.joint_names,
+                              'num_episodes': len(demo_eps)})
+        ckpt = str(out / 'encoder.safetensors')
+        s = pretrain_encoder(PretrainEncoderConfig(data=[str(demo_dir)], out=ckpt, seed=cfg.seed,
+                                                   steps=cfg.encoder_steps, threads=max(1, cfg.torch_threads)),
+                             log=lambda m: None)
+        log(f'{tag} encoder pre-trained on {len(demo_eps)} demos: bc {s["fit_bc_before"]:.3f} -> '
+            f'{s["fit_bc_after"]:.3f}, val {s["final_val_bc"]:.3f} ({s["wall_s"]:.0f} s)')
+    elif cfg.encoder != 'random':
+        ckpt = str(Path(cfg.encoder).expanduser().resolve())
+    asm = ObservationAssembler(ObservationConfig('pixels', cameras=tuple(env.cameras)),
+                               EncoderConfig(checkpoint_path=ckpt, image_size=env.image_size,
+                                             num_threads=max(1, cfg.torch_threads)))
+    return asm.assemble, asm.assemble_batch
+
+
 def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
     import torch
     from poco_policy.observation import ActionScaler
@@ -106,12 +144,14 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     from poco_sim.envs import make_env
     from poco_sim.expert import ScriptedExpert
 
+    if cfg.obs_mode not in ('state', 'pixels'):
+        raise ValueError(f"obs_mode must be 'state' or 'pixels', got {cfg.obs_mode!r}")
     torch.set_num_threads(max(1, cfg.torch_threads))
-    tag = f'[{cfg.task} {cfg.name or cfg.algorithm} s{cfg.seed}]'
+    tag = f'[{cfg.task}{" pixels" if cfg.obs_mode == "pixels" else ""} {cfg.name or cfg.algorithm} s{cfg.seed}]'
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    env = make_env(cfg.task, 'state', seed=cfg.seed)
+    env = make_env(cfg.task, cfg.obs_mode, seed=cfg.seed)
     acfg = AgentConfig.from_preset(cfg.preset, **dict(cfg.agent, algorithm=cfg.algorithm, seed=cfg.seed))
     H = acfg.max_episode_steps or env.max_steps
     env.max_steps = H
@@ -123,11 +163,15 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     demo_eps = []
     for _ in range(cfg.demos):
         demo_eps.append(run_expert_episode(env, expert, int(rng.integers(0, 2**31 - 1))))
-    obs_dim = demo_eps[0]['state'].shape[1] + demo_eps[0]['proprio'].shape[1]
+    if cfg.obs_mode == 'pixels':
+        observe, observe_batch = _pixel_observer(cfg, out, env, demo_eps, log, tag)
+    else:
+        observe, observe_batch = _state_obs, lambda ep: np.concatenate([ep['state'], ep['proprio']], 1)
+    obs_dim = int(observe_batch({k: v[:1] for k, v in demo_eps[0].items() if np.ndim(v) > 0}).shape[1])
     acfg.obs_dim = obs_dim
     buffer = ReplayBuffer(BufferConfig(demo_ratio=cfg.demo_ratio), obs_dim, 7)
     for ep in demo_eps:
-        obs = np.concatenate([ep['state'], ep['proprio']], 1)
+        obs = observe_batch(ep)
         buffer.add_episode(obs, scaler.normalize(ep['actions']), ep['rewards'], bool(ep['terminal']),
                            bool(ep['success']), demo=True)
     (out / 'config.json').write_text(json.dumps({'experiment': asdict(cfg), 'agent': acfg.to_json_dict()},
@@ -154,7 +198,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                                      (episode - cfg.initial_eval_episodes) % cfg.eval_every == cfg.eval_every - 1)
             phase = 'pretrained' if initial else ('warmup' if agent.in_critic_warmup else 'online')
             o, info = env.reset(seed=int(rng.integers(0, 2**31 - 1)))
-            x = _state_obs(o)
+            x = observe(o)
             eid = f'online_{episode}'
             done = success = False
             steps = 0
@@ -165,7 +209,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                     a_norm = np.clip(a, -1.0, 1.0).astype(np.float32)
                     o, r, term, trunc, info = env.step(scaler.denormalize(a_norm[None])[0])
                     buffer.add_step(eid, x, a_norm, float(r))
-                    x = _state_obs(o)
+                    x = observe(o)
                     steps += 1
                     executed += 1
                     success = bool(info.get('success', False))
@@ -303,7 +347,10 @@ def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dic
     fw = sorted({int(r.get('final_window', 20)) for r in results}) or [20]
     setup = ''
     if base:
-        setup = (f" Setup: preset {base.get('preset', 'sim_cpu')}, {base.get('demos', 10)} demos"
+        pix = (f", pixels (encoder {base.get('encoder', 'pretrain')}"
+               + (f", {base.get('encoder_steps', 300)} steps" if base.get('encoder', 'pretrain') == 'pretrain' else '')
+               + ')') if base.get('obs_mode') == 'pixels' else ''
+        setup = (f" Setup: preset {base.get('preset', 'sim_cpu')}, {base.get('demos', 10)} demos{pix}"
                  + ''.join(f', {k}={v}' for k, v in sorted(base.get('agent', {}).items())) + '.')
     lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.'
              + setup,
@@ -372,6 +419,13 @@ def plot_curves(out: Path, arms: list[str], tasks: list[str], results: list[dict
     fig.savefig(out / 'results.png', dpi=90)
 
 
+def _pixel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--obs-mode', choices=('state', 'pixels'), default='state')
+    p.add_argument('--encoder', default='pretrain',
+                   help="pixels: 'pretrain' (on the run's demos, as the main job does), 'random', or a checkpoint")
+    p.add_argument('--encoder-steps', type=int, default=300, help='pixels: encoder pre-training steps')
+
+
 def sweep_main(argv=None) -> int:
     p = argparse.ArgumentParser(description='Learning harness: arms x tasks x seeds at a fixed env-step budget '
                                             '(no ROS), then a table and a plot.')
@@ -382,12 +436,15 @@ def sweep_main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=2, help='runs at a time (one torch thread each)')
     p.add_argument('--preset', default='sim_cpu')
     p.add_argument('--demos', type=int, default=10, help='scripted demonstrations per run')
+    _pixel_args(p)
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='AgentConfig override for every arm, e.g. --set bf16_sampling=true')
     p.add_argument('--out', default='docs/results/harness')
     a = p.parse_args(argv)
-    sweep(a.arms, a.tasks, a.seeds, a.out, a.workers,
-          base={'env_steps': a.env_steps, 'preset': a.preset, 'demos': a.demos, 'agent': _agent_overrides(a.set)})
+    base = {'env_steps': a.env_steps, 'preset': a.preset, 'demos': a.demos, 'agent': _agent_overrides(a.set)}
+    if a.obs_mode == 'pixels':
+        base.update(obs_mode='pixels', encoder=a.encoder, encoder_steps=a.encoder_steps)
+    sweep(a.arms, a.tasks, a.seeds, a.out, a.workers, base=base)
     print((Path(a.out) / 'results.md').read_text())
     return 0
 
@@ -401,6 +458,7 @@ def main(argv=None) -> int:
     p.add_argument('--env-steps', type=int, default=15000)
     p.add_argument('--demos', type=int, default=10)
     p.add_argument('--demo-noise', type=float, default=0.0)
+    _pixel_args(p)
     p.add_argument('--utd', type=float, default=1.0)
     p.add_argument('--eval-deterministic', action='store_true', help='evaluate from zero noise')
     p.add_argument('--timeout-truncates', action='store_true',
@@ -413,7 +471,8 @@ def main(argv=None) -> int:
     cfg = ExperimentConfig(task=a.task, algorithm=a.algorithm, seed=a.seed, preset=a.preset, agent=over,
                            env_steps=a.env_steps, demos=a.demos, demo_noise=a.demo_noise, utd_ratio=a.utd,
                            timeout_terminal=not a.timeout_truncates,
-                           eval_deterministic=a.eval_deterministic)
+                           eval_deterministic=a.eval_deterministic, obs_mode=a.obs_mode, encoder=a.encoder,
+                           encoder_steps=a.encoder_steps)
     run(cfg, a.out)
     return 0
 

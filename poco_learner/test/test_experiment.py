@@ -55,3 +55,25 @@ def test_tiny_sweep_writes_runs_table_and_plot(tmp_path):
     # resumable: a second call reuses the finished runs
     again = sweep(['poco'], ['pick_cube'], [0], tmp_path, workers=1, base=base)
     assert again[0]['wall_s'] == next(r for r in results if r['arm'] == 'poco')['wall_s']
+
+
+def test_pixels_run_pretrains_the_encoder_on_its_demos_and_learns_from_features(tmp_path):
+    """Pixels mode as the main job runs it: demos -> encoder pre-trained on them (frozen) -> both cameras'
+    features + proprio are the observation (2 x 64 + 7) -> Stage I / II."""
+    import numpy as np
+    from poco_learner.experiment import ExperimentConfig, run
+    from poco_policy.encoder import EncoderConfig, ImageEncoder
+    cfg = ExperimentConfig(obs_mode='pixels', encoder='pretrain', encoder_steps=3, demos=3, env_steps=120,
+                           initial_eval_episodes=1, eval_every=2, agent=TINY, window=2, final_window=2,
+                           log_every=60)
+    s = run(cfg, tmp_path / 'pre', log=lambda m: None)
+    d = tmp_path / 'pre'
+    assert s['env_steps'] >= 120 and s['eval_episodes'] >= 1
+    assert json.loads((d / 'config.json').read_text())['agent']['obs_dim'] == 2 * 64 + 7
+    enc = ImageEncoder(EncoderConfig(checkpoint_path=str(d / 'encoder.safetensors')))
+    rnd = ImageEncoder(EncoderConfig())
+    img = np.full((1, 128, 128, 3), 90, np.uint8)
+    assert not np.allclose(enc.encode(img), rnd.encode(img))   # trained, not the random weights
+    assert len(list((d / 'demos').glob('episode_*.npz'))) == 3
+    with pytest.raises(ValueError, match='obs_mode'):
+        run(ExperimentConfig(obs_mode='depth'), tmp_path / 'bad', log=lambda m: None)

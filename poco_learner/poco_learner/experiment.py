@@ -62,6 +62,7 @@ class ExperimentConfig:
     # evaluation samples like training (False) or from zero noise; the policy POCO trains is the sampled one
     eval_deterministic: bool = False
     utd_ratio: float = 1.0
+    robots: int = 1                               # simulated robots feeding the one learner, a chunk each in turn
     demo_ratio: float = 0.5
     timeout_terminal: bool = True                 # RewardConfig.timeout_terminal
     log_every: int = 500
@@ -146,6 +147,8 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
 
     if cfg.obs_mode not in ('state', 'pixels'):
         raise ValueError(f"obs_mode must be 'state' or 'pixels', got {cfg.obs_mode!r}")
+    if cfg.robots < 1:
+        raise ValueError(f'robots must be >= 1, got {cfg.robots}')
     torch.set_num_threads(max(1, cfg.torch_threads))
     tag = f'[{cfg.task}{" pixels" if cfg.obs_mode == "pixels" else ""} {cfg.name or cfg.algorithm} s{cfg.seed}]'
     out = Path(out_dir)
@@ -182,6 +185,11 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
         f'({time.perf_counter() - t_start:.0f} s)')
 
     trainer = OnlineTrainer(agent, buffer, utd_ratio=cfg.utd_ratio, rng=cfg.seed + 1)
+    # K robots feeding one learner (the sim graph's --robots K): one env each, a chunk each in turn, every
+    # executed step paid for by updates as in the graph; robot 0 is the env the demos came from
+    envs = [env] + [make_env(cfg.task, cfg.obs_mode, seed=cfg.seed + 1000 * k) for k in range(1, cfg.robots)]
+    for e in envs[1:]:
+        e.max_steps = H
     rows: list[dict] = []
     diag_rows: list[dict] = []
     window_metrics: list[dict] = []
@@ -189,69 +197,90 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     next_log = cfg.log_every
     T = acfg.horizon
     f_ep = open(out / 'episodes.csv', 'w', newline='')
-    ep_writer = csv.DictWriter(f_ep, ['episode', 'env_steps', 'evaluation', 'success', 'steps', 'phase', 'wall_s'])
+    ep_writer = csv.DictWriter(f_ep, ['episode', 'env_steps', 'evaluation', 'success', 'steps', 'phase', 'wall_s',
+                                      'robot'])
     ep_writer.writeheader()
+    active: list[dict | None] = [None] * len(envs)
+
+    def start(k: int) -> dict:
+        nonlocal episode
+        initial = episode < cfg.initial_eval_episodes
+        evaluation = initial or (cfg.eval_every > 0 and
+                                 (episode - cfg.initial_eval_episodes) % cfg.eval_every == cfg.eval_every - 1)
+        o, _ = envs[k].reset(seed=int(rng.integers(0, 2**31 - 1)))
+        ep = {'episode': episode, 'initial': initial, 'evaluation': evaluation, 'x': observe(o), 'steps': 0,
+              'phase': 'pretrained' if initial else ('warmup' if agent.in_critic_warmup else 'online'),
+              'eid': f'online_{episode}' if len(envs) == 1 else f'robot{k}/online_{episode}'}
+        episode += 1
+        return ep
+
     try:
-        while env_steps < cfg.env_steps:
-            initial = episode < cfg.initial_eval_episodes
-            evaluation = initial or (cfg.eval_every > 0 and
-                                     (episode - cfg.initial_eval_episodes) % cfg.eval_every == cfg.eval_every - 1)
-            phase = 'pretrained' if initial else ('warmup' if agent.in_critic_warmup else 'online')
-            o, info = env.reset(seed=int(rng.integers(0, 2**31 - 1)))
-            x = observe(o)
-            eid = f'online_{episode}'
-            done = success = False
-            steps = 0
-            while not done:
-                chunk = agent.act(x, deterministic=evaluation and cfg.eval_deterministic)  # [T, 7], normalised
+        while True:
+            for k, e in enumerate(envs):
+                if active[k] is None:
+                    if env_steps >= cfg.env_steps:
+                        continue
+                    # weights are held during the initial evaluation block: no training episode starts while
+                    # another robot still evaluates the pre-trained policy
+                    if episode >= cfg.initial_eval_episodes and any(a and a['initial'] for a in active):
+                        continue
+                    active[k] = start(k)
+                ep = active[k]
+                chunk = agent.act(ep['x'], deterministic=ep['evaluation'] and cfg.eval_deterministic)  # [T, 7]
                 executed = 0
+                done = success = False
                 for a in chunk[:T]:
                     a_norm = np.clip(a, -1.0, 1.0).astype(np.float32)
-                    o, r, term, trunc, info = env.step(scaler.denormalize(a_norm[None])[0])
-                    buffer.add_step(eid, x, a_norm, float(r))
-                    x = observe(o)
-                    steps += 1
+                    o, r, term, trunc, info = e.step(scaler.denormalize(a_norm[None])[0])
+                    buffer.add_step(ep['eid'], ep['x'], a_norm, float(r))
+                    ep['x'] = observe(o)
+                    ep['steps'] += 1
                     executed += 1
                     success = bool(info.get('success', False))
                     box = not _in_box(info['ee_pos'])
                     if term or trunc or success or box:
                         terminal = bool(term or success or box or (trunc and cfg.timeout_terminal))
-                        buffer.end_episode(eid, x, terminal=terminal, success=success)
+                        buffer.end_episode(ep['eid'], ep['x'], terminal=terminal, success=success)
                         done = True
                         break
                 env_steps += executed
-                if not initial:   # weights are held (no actor change) during the initial evaluation block
+                if not ep['initial']:   # weights are held (no actor change) during the initial evaluation block
                     ms = trainer.on_env_steps(executed)
                 else:
                     # the critic may warm up on these steps already (the actor is frozen during warm-up)
                     ms = trainer.on_env_steps(executed) if agent.in_critic_warmup else []
                 window_metrics.extend(ms)
-            row = {'episode': episode, 'env_steps': env_steps, 'evaluation': int(evaluation),
-                   'success': int(success), 'steps': steps, 'phase': phase,
-                   'wall_s': round(time.perf_counter() - t_start, 1)}
-            rows.append(row)
-            ep_writer.writerow(row)
-            f_ep.flush()
-            episode += 1
-            if env_steps >= next_log:
-                d = {'env_steps': env_steps, 'updates': agent.counters['online_updates'],
-                     'wall_s': round(time.perf_counter() - t_start, 1),
-                     'train_success': float(np.mean([r['success'] for r in rows[-20:] if not r['evaluation']]
-                                                    or [math.nan]))}
-                for k in DIAG_KEYS:
-                    v = [mm[k] for mm in window_metrics if k in mm and math.isfinite(mm[k])]
-                    d[k] = float(np.mean(v)) if v else math.nan
-                diag_rows.append(d)
-                window_metrics = []
-                next_log += cfg.log_every
-                ev = [r['success'] for r in rows[-40:] if r['evaluation']]
-                log(f'{tag} {env_steps} steps, {d["updates"]} updates, eval(last '
-                    f'{len(ev)}) {np.mean(ev) if ev else math.nan:.2f}, train {d["train_success"]:.2f}, '
-                    f'q {d["q_mean"]:.3f} ess {d["ess"]:.2f} clip {d["clip_fraction"]:.2f} '
-                    f'({d["wall_s"]:.0f} s)')
+                if not done:
+                    continue
+                active[k] = None
+                row = {'episode': ep['episode'], 'env_steps': env_steps, 'evaluation': int(ep['evaluation']),
+                       'success': int(success), 'steps': ep['steps'], 'phase': ep['phase'],
+                       'wall_s': round(time.perf_counter() - t_start, 1), 'robot': k}
+                rows.append(row)
+                ep_writer.writerow(row)
+                f_ep.flush()
+                if env_steps >= next_log:
+                    d = {'env_steps': env_steps, 'updates': agent.counters['online_updates'],
+                         'wall_s': round(time.perf_counter() - t_start, 1),
+                         'train_success': float(np.mean([r['success'] for r in rows[-20:] if not r['evaluation']]
+                                                        or [math.nan]))}
+                    for key in DIAG_KEYS:
+                        v = [mm[key] for mm in window_metrics if key in mm and math.isfinite(mm[key])]
+                        d[key] = float(np.mean(v)) if v else math.nan
+                    diag_rows.append(d)
+                    window_metrics = []
+                    next_log += cfg.log_every
+                    ev = [r['success'] for r in rows[-40:] if r['evaluation']]
+                    log(f'{tag} {env_steps} steps, {d["updates"]} updates, eval(last '
+                        f'{len(ev)}) {np.mean(ev) if ev else math.nan:.2f}, train {d["train_success"]:.2f}, '
+                        f'q {d["q_mean"]:.3f} ess {d["ess"]:.2f} clip {d["clip_fraction"]:.2f} '
+                        f'({d["wall_s"]:.0f} s)')
+            if env_steps >= cfg.env_steps and all(a is None for a in active):
+                break
     finally:
         f_ep.close()
-        env.close()
+        for e in envs:
+            e.close()
     if diag_rows:
         with open(out / 'learner.csv', 'w', newline='') as f:
             w = csv.DictWriter(f, list(diag_rows[0]))
@@ -350,6 +379,7 @@ def write_report(out: Path, arms: list[str], tasks: list[str], results: list[dic
         pix = (f", pixels (encoder {base.get('encoder', 'pretrain')}"
                + (f", {base.get('encoder_steps', 300)} steps" if base.get('encoder', 'pretrain') == 'pretrain' else '')
                + ')') if base.get('obs_mode') == 'pixels' else ''
+        pix += f", {base['robots']} robots" if base.get('robots', 1) != 1 else ''
         setup = (f" Setup: preset {base.get('preset', 'sim_cpu')}, {base.get('demos', 10)} demos{pix}"
                  + ''.join(f', {k}={v}' for k, v in sorted(base.get('agent', {}).items())) + '.')
     lines = [f'CPU: {_cpu_name()}. Evaluation success (sampled like training), mean and 95 % interval over seeds.'
@@ -424,6 +454,8 @@ def _pixel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--encoder', default='pretrain',
                    help="pixels: 'pretrain' (on the run's demos, as the main job does), 'random', or a checkpoint")
     p.add_argument('--encoder-steps', type=int, default=300, help='pixels: encoder pre-training steps')
+    p.add_argument('--robots', type=int, default=1,
+                   help='simulated robots feeding the one learner (a chunk each in turn; the budget is their sum)')
 
 
 def sweep_main(argv=None) -> int:
@@ -444,6 +476,8 @@ def sweep_main(argv=None) -> int:
     base = {'env_steps': a.env_steps, 'preset': a.preset, 'demos': a.demos, 'agent': _agent_overrides(a.set)}
     if a.obs_mode == 'pixels':
         base.update(obs_mode='pixels', encoder=a.encoder, encoder_steps=a.encoder_steps)
+    if a.robots != 1:
+        base['robots'] = a.robots
     sweep(a.arms, a.tasks, a.seeds, a.out, a.workers, base=base)
     print((Path(a.out) / 'results.md').read_text())
     return 0
@@ -472,7 +506,7 @@ def main(argv=None) -> int:
                            env_steps=a.env_steps, demos=a.demos, demo_noise=a.demo_noise, utd_ratio=a.utd,
                            timeout_terminal=not a.timeout_truncates,
                            eval_deterministic=a.eval_deterministic, obs_mode=a.obs_mode, encoder=a.encoder,
-                           encoder_steps=a.encoder_steps)
+                           encoder_steps=a.encoder_steps, robots=a.robots)
     run(cfg, a.out)
     return 0
 

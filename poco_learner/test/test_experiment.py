@@ -77,3 +77,18 @@ def test_pixels_run_pretrains_the_encoder_on_its_demos_and_learns_from_features(
     assert len(list((d / 'demos').glob('episode_*.npz'))) == 3
     with pytest.raises(ValueError, match='obs_mode'):
         run(ExperimentConfig(obs_mode='depth'), tmp_path / 'bad', log=lambda m: None)
+
+
+def test_two_robots_feed_one_learner_in_turn(tmp_path):
+    """--robots 2: two envs, a chunk each in turn, one agent and buffer; the pre-trained block is finished
+    before any training episode starts (weights held), and both robots' episodes are logged."""
+    from poco_learner.experiment import ExperimentConfig, run
+    s = run(ExperimentConfig(env_steps=300, demos=1, initial_eval_episodes=3, eval_every=2, agent=TINY, window=2,
+                             final_window=2, log_every=100, robots=2), tmp_path, log=lambda m: None)
+    rows = list(csv.DictReader(open(tmp_path / 'episodes.csv')))
+    assert {r['robot'] for r in rows} == {'0', '1'} and s['env_steps'] >= 300
+    assert sorted(int(r['episode']) for r in rows) == list(range(len(rows)))  # every started episode finished
+    first_online = min(i for i, r in enumerate(rows) if r['phase'] != 'pretrained')
+    assert [r['phase'] for r in rows[:first_online]] == ['pretrained'] * 3
+    with pytest.raises(ValueError, match='robots'):
+        run(ExperimentConfig(robots=0), tmp_path / 'bad', log=lambda m: None)

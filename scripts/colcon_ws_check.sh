@@ -7,7 +7,8 @@
 #   bash scripts/colcon_ws_check.sh [--test PKG[:K_EXPR]]... [--underlay-msgs] [--keep]
 #
 #   --test PKG[:K_EXPR]  colcon test --packages-select PKG [--pytest-args -k K_EXPR] (repeatable;
-#                        default: poco_sim, then poco_bringup:"packaging or rviz_config")
+#                        default: every package, whole suites: poco_msgs poco_policy poco_learner poco_sim
+#                        poco_bringup)
 #   --underlay-msgs      take poco_msgs from this checkout's install/ as an underlay instead of building it
 #                        (the rosidl build is the slow part; the pytest suite uses this)
 #   --keep               keep the workspace (its path is printed)
@@ -31,8 +32,11 @@ while [ "$#" -gt 0 ]; do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[ "${#TESTS[@]}" -gt 0 ] || TESTS=(poco_sim "poco_bringup:packaging or rviz_config")
+[ "${#TESTS[@]}" -gt 0 ] || TESTS=(poco_msgs poco_policy poco_learner poco_sim poco_bringup)
 [ -x "$VENV/bin/colcon" ] || die "no colcon in $VENV: run bash scripts/setup.sh first"
+if [ "$UNDERLAY" = 1 ]; then
+  for t in "${TESTS[@]}"; do [ "${t%%:*}" != poco_msgs ] || die "--underlay-msgs does not build poco_msgs: cannot --test it"; done
+fi
 
 WS_PARENT="$(mktemp -d "${TMPDIR:-/tmp}/poco-colcon-ws-XXXXXX")"
 WS="$WS_PARENT/ws"
@@ -83,7 +87,9 @@ done
 rc=0
 for t in "${TESTS[@]}"; do
   pkg="${t%%:*}"
-  cmd="colcon test --base-paths src --packages-select $pkg --event-handlers console_direct+"
+  # as the README's ROS-machine path does it: the built workspace sourced, then colcon test (a test may start
+  # another package's executable, found through AMENT_PREFIX_PATH: poco_policy's tests run poco_sim's sim_node)
+  cmd="source install/setup.bash && colcon test --base-paths src --packages-select $pkg --event-handlers console_direct+"
   if [ "$t" != "$pkg" ]; then cmd="$cmd --pytest-args -k \"${t#*:}\""; fi
   say "$cmd"
   run_clean "$cmd" || rc=1
@@ -91,7 +97,14 @@ done
 summary=$(run_clean "colcon test-result --test-result-base build --verbose" 2>&1) || rc=1
 echo "$summary"
 for pkg in "${PKGS[@]}"; do
-  [ -f "build/$pkg/pytest.xml" ] || { say "FAIL: $pkg: no pytest.xml (colcon did not run pytest)"; rc=1; continue; }
+  # ament_python: colcon's pytest writes build/PKG/pytest.xml; ament_cmake (poco_msgs): ament_add_pytest_test
+  # writes build/PKG/test_results/PKG/*.xunit.xml (ctest ran pytest)
+  if [ -f "src/poco-ros/$pkg/CMakeLists.txt" ]; then
+    ls "build/$pkg/test_results/$pkg/"*.xunit.xml >/dev/null 2>&1 \
+      || { say "FAIL: $pkg: no test_results/$pkg/*.xunit.xml (ctest did not run pytest)"; rc=1; continue; }
+  else
+    [ -f "build/$pkg/pytest.xml" ] || { say "FAIL: $pkg: no pytest.xml (colcon did not run pytest)"; rc=1; continue; }
+  fi
   n=$( (run_clean "colcon test-result --test-result-base build/$pkg" 2>/dev/null || true) \
        | sed -n 's/^Summary: \([0-9]*\) tests.*/\1/p')
   say "$pkg: ${n:-0} tests (pytest)"

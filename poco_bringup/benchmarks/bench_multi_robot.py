@@ -43,7 +43,8 @@ SMALL_LEARNER = ['learner.agent.actor_hidden_dims=[64,64]', 'learner.agent.criti
 
 def collect_demos(out: Path, episodes: int = 3) -> Path:
     if not (out / 'meta.json').exists():
-        exe = REPO / 'install' / 'poco_sim' / 'lib' / 'poco_sim' / 'collect_demos'
+        from poco_policy.testing import executable
+        exe = executable('poco_sim', 'collect_demos')
         r = subprocess.run([str(exe), '--task', 'pick_cube', '--obs-mode', 'state', '--episodes', str(episodes),
                             '--out', str(out), '--seed', '3'], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:

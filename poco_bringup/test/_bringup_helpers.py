@@ -13,6 +13,18 @@ from poco_bringup import runner
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+# This checkout set up by its own scripts (scripts/setup.sh: .venv/ and install/ in the checkout, what
+# scripts/env.sh, bench.sh, run_sim.sh and colcon_ws_check.sh use), as opposed to a copy in a standard
+# ws/src/poco-ros workspace that colcon built into ws/install. Tests of those repo-root scripts need it; every
+# other test finds the workspace through the environment (poco_policy.testing) and runs in both layouts.
+REPO_SETUP = (REPO / 'install' / 'local_setup.bash').is_file() and (REPO / '.venv' / 'bin' / 'python').exists()
+
+
+def needs_repo_setup(fn):
+    """Skip (with the reason) where this checkout has no setup of its own: a ws/src layout under colcon test."""
+    import pytest
+    return pytest.mark.skipif(not REPO_SETUP, reason='tests a repo-root script (scripts/*.sh); this checkout '
+                              'is a ws/src copy without its own .venv/ and install/')(fn)
 
 
 def make_tmp(tmp_path_factory, name: str) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from _bringup_helpers import REPO, private_domain, ros_env
+from _bringup_helpers import REPO, needs_repo_setup, private_domain, ros_env
 
 BENCHMARKS = sorted(REPO.glob('poco_*/benchmarks/*.py'))
 
@@ -14,6 +14,7 @@ def test_every_benchmark_has_a_quick_mode():
     assert not missing, f'bench.sh runs every benchmark with --quick; these have none: {missing}'
 
 
+@needs_repo_setup
 def test_bench_script_runs_the_selected_benchmarks_and_summarises():
     env = ros_env(private_domain()[0])
     r = subprocess.run(['bash', str(REPO / 'scripts' / 'bench.sh'), 'expert_success', 'bench_buffer'],

@@ -90,6 +90,14 @@ def test_robot_yaml_is_consistent():
     for node in ('learner', 'sim', 'teleop'):  # one per-tick limit: the learner normalises actions with it
         other = rosparams.load_params_file(CONFIG_DIR / 'robot.yaml')['/**/' + node]
         assert other['max_joint_delta'] == pol['max_joint_delta'], node
+    # one arm: the sim and teleop sections repeat the policy's arm parameters (rcl has no YAML anchors)
+    from poco_policy.node_config import ARM_PARAMS
+    for node in ('sim', 'teleop'):
+        other = rosparams.load_params_file(CONFIG_DIR / 'robot.yaml')['/**/' + node]
+        for name in ARM_PARAMS:
+            if name in other:
+                assert other[name] == pol[name], (node, name)
+        assert other['joint_names'] == pol['joint_names'] and other['gripper_joint'] == pol['gripper_joint'], node
 
 
 def test_monitor_config_defaults_match_yaml():

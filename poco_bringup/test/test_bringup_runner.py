@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _bringup_helpers import PYTHON, Procs, make_tmp, pid_alive, private_domain, ros_env, wait_for
+from _bringup_helpers import PYTHON, Procs, make_tmp, needs_repo_setup, pid_alive, private_domain, ros_env, wait_for
 from poco_bringup import rosparams, runner
 
 
@@ -345,6 +345,7 @@ def test_rclpy_talker_listener_through_the_runner(procs, tmp):
     assert '/bot1/talker:' in eff and 'greeting: hi there' in eff and 'rate_hz: 10.0' in eff
 
 
+@needs_repo_setup
 def test_run_sim_script_dry_run(tmp):
     """scripts/run_sim.sh (`make run`): demos go to the run dir and the learner is pointed at them."""
     from _bringup_helpers import REPO
@@ -378,6 +379,7 @@ def test_exec_failure_stops_the_started_nodes(procs, tmp):
     assert not pid_alive(pid)
 
 
+@needs_repo_setup
 def test_env_sh_puts_the_console_scripts_on_path():
     """After `source scripts/env.sh` (what the README says), the tools run by their project-specific names
     (poco_*), once each on PATH; the generic ROS executables (run, monitor, evaluate, ...) are not on PATH."""

@@ -11,11 +11,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from _bringup_helpers import REPO, private_domain, ros_env
+from _bringup_helpers import REPO, needs_repo_setup, private_domain, ros_env
 
 SCRIPT = REPO / 'scripts' / 'colcon_ws_check.sh'
 
 
+@needs_repo_setup   # it makes the ws/src copy from this checkout's setup; in that copy it has nothing to copy from
 def test_colcon_test_runs_pytest_in_a_ws_src_layout():
     domain, _lock = private_domain()
     r = subprocess.run(['bash', str(SCRIPT), '--underlay-msgs', '--test', 'poco_sim:envs'],

@@ -14,53 +14,24 @@ from pathlib import Path
 
 import pytest
 import rclpy
-import yaml
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
 from poco_msgs.msg import ActionChunk, EpisodeEvent, LearnerStatus, PolicyWeights, Transition
+from poco_policy.testing import NodeProc, executable as _exe, ros_env
 
-ROOT = Path(__file__).resolve().parents[2]
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 TICK = 1.0 / 15.0
 
 
-def _exe(pkg, name):
-    p = ROOT / 'install' / pkg / 'lib' / pkg / name
-    assert p.exists(), f'{p} missing: run scripts/setup.sh'
-    return str(p)
+class Proc(NodeProc):
+    """An installed node in its own process, in this test process's ROS domain (loopback only)."""
 
-
-class Proc:
     def __init__(self, tmp: Path, pkg: str, exe: str, name: str, params: dict):
-        self.name = name
-        self.log_path = tmp / f'{name}.log'
-        pfile = tmp / f'{name}.params.yaml'
-        pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params}}))
-        env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
-        self.log = open(self.log_path, 'a')
-        self.p = subprocess.Popen([_exe(pkg, exe), '--ros-args', '-r', f'__node:={name}', '--params-file',
-                                   str(pfile)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-
-    def text(self):
-        return self.log_path.read_text(errors='replace')
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, sig=signal.SIGINT, timeout=15):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-        self.log.close()
+        super().__init__(tmp, pkg, exe, name, params, env=ros_env())
 
 
 class Watcher(Node):

@@ -27,17 +27,12 @@ from sensor_msgs.msg import JointState
 from _bringup_helpers import PYTHON, REPO, Procs, make_tmp, private_domain, ros_env, wait_for
 from poco_msgs.msg import LearnerStatus
 from poco_policy import contract as C
+from poco_policy.testing import executable as _exe
 
 SMALL_LEARNER = ['learner.agent.actor_hidden_dims=[64,64]', 'learner.agent.critic_hidden_dims=[64,64]',
                  'learner.agent.batch_size=32', 'learner.agent.num_candidates=4', 'learner.agent.flow_steps=4',
                  'learner.agent.pretrain_steps=100', 'learner.agent.critic_warmup_steps=30',
                  'learner.torch_threads=1', 'learner.status_rate_hz=4.0', 'learner.publish_every=25']
-
-
-def _exe(pkg, name):
-    p = REPO / 'install' / pkg / 'lib' / pkg / name
-    assert p.exists(), f'{p} missing: run scripts/setup.sh'
-    return str(p)
 
 
 class Watcher(Node):

@@ -168,7 +168,8 @@ def test_learner_diagnostics_per_robot(tmp):
     from _bringup_helpers import Procs, private_domain, ros_env
     domain, lock = private_domain()
     procs = Procs()
-    exe = REPO / 'install' / 'poco_learner' / 'lib' / 'poco_learner' / 'learner_node'
+    from poco_policy.testing import executable
+    exe = executable('poco_learner', 'learner_node')
     log = open(tmp / 'learner-diag.out', 'w')
     procs.start([str(exe), '--ros-args', '-p', f'run_dir:={tmp / "diag-run"}', '-p', 'obs_mode:=state',
                  '-p', 'obs_dim:=27', '-p', 'robots:=[robot0, robot1]', '-p', 'agent.actor_hidden_dims:=[32]',

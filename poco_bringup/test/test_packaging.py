@@ -40,8 +40,6 @@ KNOWN_GAPS = {
     ('test_imports', 'poco_policy'): 'poco_policy/test imports poco_learner and poco_sim (test_contract, '
     'test_weights_guard, test_policy_node_robust); they depend on poco_policy, so a test_depend would be a cycle '
     'colcon refuses: those tests belong in a downstream package (or importorskip)',
-    ('test_imports', 'poco_learner'): 'poco_learner/test/test_fuzz_learner.py imports poco_bringup (runner, for a '
-    'free domain id); poco_bringup depends on poco_learner, so a test_depend would be a cycle',
 }
 
 

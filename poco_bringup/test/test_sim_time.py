@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 rclpy = pytest.importorskip('rclpy')
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -30,54 +28,19 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from poco_msgs.msg import LearnerPace, PolicyTick  # noqa: E402
+from poco_policy.testing import NodeProc, executable as _exe, private_domain, ros_env  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 PACE_TIMEOUT_S = 2.0  # generous: a busy CI machine must not make the test's stand-in learner look dead
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
-def _exe(pkg: str, name: str) -> str:
-    p = ROOT / 'install' / pkg / 'lib' / pkg / name
-    assert p.exists(), f'{p} missing: run scripts/setup.sh'
-    return str(p)
-
-
 def _env(**extra) -> dict:
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1', **extra)
-    env.setdefault('ROS_DOMAIN_ID', str(random.randint(120, 200)))
-    env.pop('ROS_STATIC_PEERS', None)
+    env = ros_env(**extra)
+    env.setdefault('ROS_DOMAIN_ID', str(private_domain()))
     return env
 
 
-class Proc:
-    def __init__(self, tmp: Path, pkg: str, exe: str, name: str, params: dict, env: dict):
-        self.name, self.log_path = name, tmp / f'{name}.log'
-        pfile = tmp / f'{name}.params.yaml'
-        pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params}}))
-        self.log = open(self.log_path, 'a')
-        self.p = subprocess.Popen([_exe(pkg, exe), '--ros-args', '-r', f'__node:={name}', '--params-file',
-                                   str(pfile)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def signal(self, sig):
-        os.killpg(self.p.pid, sig)
-
-    def stop(self):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGCONT)
-            os.killpg(self.p.pid, signal.SIGINT)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-        self.log.close()
+Proc = NodeProc   # (tmp, pkg, exe, name, params, env): poco_policy.testing
 
 
 def tiny_actor(tmp: Path, obs_dim: int) -> str:

@@ -25,6 +25,7 @@ from sensor_msgs.msg import JointState
 from _bringup_helpers import PYTHON, REPO, Procs, make_tmp, private_domain, ros_env
 from poco_msgs.msg import LearnerStatus
 from poco_policy import contract as C
+from poco_policy.testing import executable
 
 SMALL_LEARNER = ['learner.agent.actor_hidden_dims=[64,64]', 'learner.agent.critic_hidden_dims=[64,64]',
                  'learner.agent.batch_size=32', 'learner.agent.num_candidates=4', 'learner.agent.flow_steps=4',
@@ -80,7 +81,7 @@ def tmp(tmp_path_factory):
 @pytest.fixture(scope='module')
 def demos(tmp):
     out = tmp / 'demos'
-    exe = REPO / 'install' / 'poco_sim' / 'lib' / 'poco_sim' / 'collect_demos'
+    exe = executable('poco_sim', 'collect_demos')
     r = subprocess.run([str(exe), '--task', 'pick_cube', '--obs-mode', 'state', '--episodes', '3', '--out', str(out),
                         '--seed', '3'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

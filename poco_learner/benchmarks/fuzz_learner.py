@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 STATE_DIM = 20            # pick_cube's sim state (checked against the demo dataset's meta.json)
 PROPRIO = 7
 MAX_INPUT = 1.0e4         # the learner node's max_input_magnitude default (passed explicitly below)
@@ -75,7 +74,8 @@ SMALL_AGENT = {'actor_hidden_dims': [64, 64], 'critic_hidden_dims': [64, 64], 'b
 
 # ------------------------------------------------------------------------------------------ processes
 def exe(pkg: str, name: str) -> Path:
-    p = ROOT / 'install' / pkg / 'lib' / pkg / name
+    from poco_policy.testing import installed
+    p = installed(pkg, 'lib', pkg, name)      # of the sourced workspace (repo install/ or a ws/install)
     if not p.exists():
         raise SystemExit(f'{p} missing: run scripts/setup.sh')
     return p

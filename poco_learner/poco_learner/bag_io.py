@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from poco_policy import contract as C
+from poco_policy.node_config import check_arm, policy_default, policy_field
 
 log = logging.getLogger('poco_learner.bag_io')
 
@@ -70,9 +71,10 @@ DEFAULT_RECORD_TOPICS = (T_FRONT, T_WRIST, T_JOINTS, T_COMMANDS, T_EE, T_SUCCESS
 CAMERAS = C.CAMERAS
 CAMERA_TOPICS = {'front': T_FRONT, 'wrist': T_WRIST}
 REQUIRED_INGEST_TOPICS = (T_JOINTS, T_COMMANDS, T_EVENT, T_FRONT, T_WRIST)
-JOINT_NAMES = C.ARM_JOINTS
-GRIPPER_NAME = C.GRIPPER_JOINT
-ARM_DOF = C.NUM_JOINTS
+# The arm's defaults (the policy node's joint_names / gripper_joint); IngestConfig and write_episode_to_bag
+# take any arm through those same parameters.
+JOINT_NAMES = tuple(policy_default('joint_names'))
+GRIPPER_NAME = policy_default('gripper_joint')
 
 # poco_msgs/EpisodeEvent codes
 START, SUCCESS, FAILURE, ESTOP, TIMEOUT, RESET = (C.EVENT_START, C.EVENT_SUCCESS, C.EVENT_FAILURE, C.EVENT_ESTOP,
@@ -447,11 +449,12 @@ def resize_image(img: np.ndarray, size: Optional[int]) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def joint_vector(msg, where: str = '') -> np.ndarray:
-    """JointState -> float64[7] = joint1..joint6 + gripper, by name when names are given, else by position."""
+def joint_vector(msg, where: str = '', joint_names=JOINT_NAMES, gripper_joint: str = GRIPPER_NAME) -> np.ndarray:
+    """JointState -> float64[n + 1] = the arm joints `joint_names` + `gripper_joint` (positions as in the
+    message), by name when names are given, else by position."""
     pos = np.asarray(msg.position, np.float64)
     names = list(msg.name)
-    want = JOINT_NAMES + (GRIPPER_NAME,)
+    want = tuple(joint_names) + (gripper_joint,)
     if names:
         if len(names) != len(pos):
             raise BagError(f'{where}: malformed JointState ({len(names)} names, {len(pos)} positions)')
@@ -462,7 +465,7 @@ def joint_vector(msg, where: str = '') -> np.ndarray:
         return pos[[idx[n] for n in want]]
     if len(pos) < len(want):
         raise BagError(f'{where}: JointState has {len(pos)} positions, expected {len(want)} '
-                       '(joint1..joint6 + gripper)')
+                       f'({", ".join(want)})')
     return pos[: len(want)]
 
 
@@ -475,6 +478,13 @@ class IngestConfig:
     image_size: Optional[int] = None      # resize frames to image_size x image_size (None = keep)
     task: Optional[str] = None            # recorded in meta.json (default: the bag's custom data, else 'unknown')
     max_joint_delta: float = C.MAX_JOINT_DELTA  # rad per tick; deltas beyond it are clipped (and counted)
+    # The arm (the policy node's parameters, same names and defaults): which joint_states / joint_commands
+    # entries make the action (one delta per joint + the gripper command) and how the gripper joint's position
+    # maps to the [0, 1] command (gripper_closed .. gripper_open), as the policy node maps it.
+    joint_names: tuple = policy_field('joint_names')
+    gripper_joint: str = policy_field('gripper_joint')
+    gripper_closed: float = policy_field('gripper_closed')
+    gripper_open: float = policy_field('gripper_open')
     include_evaluation: bool = False      # evaluation episodes are not training data by default
     keep_unfinished: bool = False         # episodes without an end event: drop (default) or keep as timeouts
     strict: bool = False                  # stale / missing observations: error (True) or drop the episode
@@ -485,6 +495,14 @@ class IngestConfig:
     def tol_ns(self) -> int:
         tol = self.tolerance_s if self.tolerance_s is not None else 1.5 / self.rate_hz
         return int(tol * 1e9)
+
+    @property
+    def n_joints(self) -> int:
+        return len(self.joint_names)
+
+    def to_opening(self, position):
+        """Gripper joint position(s) -> command units (0 closed, 1 open)."""
+        return (np.asarray(position, np.float64) - self.gripper_closed) / (self.gripper_open - self.gripper_closed)
 
 
 @dataclass
@@ -612,6 +630,10 @@ def ingest_bag(bag: str | Path, out: Optional[str | Path] = None, cfg: Optional[
     existing buffer directory is appended to (only after the whole bag has been ingested and encoded).
     """
     cfg = cfg or IngestConfig()
+    try:
+        check_arm(cfg.joint_names, cfg.gripper_joint, cfg.gripper_closed, cfg.gripper_open)
+    except ValueError as e:
+        raise BagError(f'ingest: {e}') from None
     if out is None and buffer_dir is None:
         raise BagError('nothing to do: give an output dataset directory and/or a buffer directory')
     if out is not None and Path(out).exists() and not overwrite:
@@ -674,6 +696,7 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
     for rel in TOPIC_TYPES:
         reader.check_type(rel)
     tol = cfg.tol_ns
+    nj = cfg.n_joints
 
     # Pass 1: everything but pixels (small), plus image log times (to align without holding frames in memory).
     jt, jq, jh, ct, cq, events, success_t = [], [], [], [], [], [], []
@@ -687,10 +710,10 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
     for rel, t, m in reader.messages(small):
         w = f'{where}: {rel} at t={t} ns'
         if rel == T_JOINTS:
-            jt.append(t); jq.append(joint_vector(m, w))  # noqa: E702
+            jt.append(t); jq.append(joint_vector(m, w, cfg.joint_names, cfg.gripper_joint))  # noqa: E702
             jh.append(_ns(m.header.stamp))
         elif rel == T_COMMANDS:
-            ct.append(t); cq.append(joint_vector(m, w))  # noqa: E702
+            ct.append(t); cq.append(joint_vector(m, w, cfg.joint_names, cfg.gripper_joint))  # noqa: E702
         elif rel == T_EVENT:
             events.append((t, m))
         elif rel == T_SUCCESS:
@@ -701,7 +724,7 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
             if m.final_observation:
                 continue
             trans_iv[(int(m.episode_id), int(m.step_index))] = bool(m.intervention)
-            if len(m.action) == ARM_DOF + 1:
+            if len(m.action) == nj + 1:
                 trans_act[(int(m.episode_id), int(m.step_index))] = np.asarray(m.action, np.float32)
     cam_full = {reader.full(CAMERA_TOPICS[c]): c for c in CAMERAS}
     for topic, _, t, _ in reader.raw_messages(cam_full):
@@ -712,6 +735,9 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
             raise BagError(f'{where}: no {name} messages')
     jt_a, jq_a = np.asarray(jt, np.int64), np.asarray(jq, np.float64)
     ct_a, cq_a = np.asarray(ct, np.int64), np.asarray(cq, np.float64)
+    # the gripper in command units [0, 1] (proprio and action), as the policy node sees and sends it
+    jq_a[:, nj] = cfg.to_opening(jq_a[:, nj])
+    cq_a[:, nj] = cfg.to_opening(cq_a[:, nj])
     it_a = {c: np.asarray(v, np.int64) for c, v in img_t.items()}
     # Joint states by header stamp. Arrival order at the recorder does not tell which joint state the policy
     # had when it sent a command (the two race by a few ms); the transition's stamp does.
@@ -789,19 +815,21 @@ def _ingest_to_dir(reader: BagReader, out: Path, cfg: IngestConfig, report: Inge
         'cameras': list(CAMERAS),
         'max_joint_delta': float(cfg.max_joint_delta),
         'control_rate_hz': float(cfg.rate_hz),
+        'joint_names': list(cfg.joint_names) + [cfg.gripper_joint],   # the proprio / action columns
+        'gripper_joint': cfg.gripper_joint,
         'source': {'kind': 'rosbag2', 'bag': str(Path(reader.path).resolve()), 'storage': reader.storage,
                    'namespace': reader.namespace, 'custom_data': custom, 'tolerance_s': tol / 1e9},
     }
     out.mkdir(parents=True)
     ep_files = []
     for n, (e, cidx, sel) in enumerate(plans):
-        q = jq_a[sel['joint_states']]                       # [L+1, 7]
-        cmd = cq_a[cidx]                                    # [L, 7]
-        delta = cmd[:, :ARM_DOF] - q[:-1, :ARM_DOF]
+        q = jq_a[sel['joint_states']]                       # [L+1, nj+1]
+        cmd = cq_a[cidx]                                    # [L, nj+1]
+        delta = cmd[:, :nj] - q[:-1, :nj]
         over = np.abs(delta) > cfg.max_joint_delta * (1 + 1e-6)
         report.clipped_deltas += int(over.sum())
         delta = np.clip(delta, -cfg.max_joint_delta, cfg.max_joint_delta)
-        actions = np.concatenate([delta, cmd[:, ARM_DOF:ARM_DOF + 1]], axis=1).astype(np.float32)
+        actions = np.concatenate([delta, cmd[:, nj:nj + 1]], axis=1).astype(np.float32)
         L = len(cidx)
         in_window = succ_a[(succ_a >= e.t_start) & (succ_a <= e.t_end)] if len(succ_a) else succ_a
         success = e.end_event == SUCCESS or (e.end_event == TIMEOUT and len(in_window) > 0)
@@ -894,9 +922,13 @@ def load_dataset_episodes(path: str | Path) -> tuple[dict, list[dict]]:
 def write_episode_to_bag(w: BagWriter, ep: dict, episode_id: int, t0_ns: int, rate_hz: float = 15.0,
                          joint_limits: Optional[np.ndarray] = None, ns: str = '', evaluation: bool = False,
                          ee_pose: Optional[Callable[[int], tuple]] = None,
-                         features: Optional[np.ndarray] = None, chunk_len: int = 5) -> int:
-    """Write one episode (dataset arrays: proprio [L+1,7], actions [L,7] physical, front/wrist [L+1,H,W,3],
+                         features: Optional[np.ndarray] = None, chunk_len: int = 5,
+                         joint_names=JOINT_NAMES, gripper_joint: str = GRIPPER_NAME, gripper_closed: float = 0.0,
+                         gripper_open: float = 1.0) -> int:
+    """Write one episode (dataset arrays: proprio [L+1,n+1], actions [L,n+1] physical, front/wrist [L+1,H,W,3],
     success, terminal) as the topics a live recording has, at `rate_hz` from `t0_ns`. Returns the end time.
+    The arm: `joint_names` (n of them) and `gripper_joint`, whose position is gripper_closed .. gripper_open for
+    the opening / command 0 .. 1 (the policy node's parameters).
 
     Per tick k (t_k = t0 + k / rate): joint_states, both cameras and ee_pose at t_k, then joint_commands
     (measured position + delta, clipped to joint limits as a driver would, + gripper) 1 ms later, as the policy
@@ -909,24 +941,30 @@ def write_episode_to_bag(w: BagWriter, ep: dict, episode_id: int, t0_ns: int, ra
     proprio = np.asarray(ep['proprio'], np.float64)
     actions = np.asarray(ep['actions'], np.float64)
     L = len(actions)
+    n = len(joint_names)
+    if proprio.shape[-1] != n + 1 or actions.shape[-1] != n + 1:
+        raise BagError(f'episode {episode_id}: proprio / actions have {proprio.shape[-1]} / {actions.shape[-1]} '
+                       f'columns, the arm {list(joint_names)} + {gripper_joint} needs {n + 1}')
+    names = tuple(joint_names) + (gripper_joint,)
+    to_pos = lambda c: gripper_closed + float(c) * (gripper_open - gripper_closed)  # noqa: E731
     interv = np.asarray(ep.get('intervention', np.zeros(L, bool)), bool)
     w.write(P(T_EVENT), t0_ns - 1_000_000, event_msg(t0_ns - 1_000_000, episode_id, START, 0, evaluation))
     for k in range(L + 1):
         t = t0_ns + int(round(k * period))
-        w.write(P(T_JOINTS), t, joint_state_msg(proprio[k], t))
+        w.write(P(T_JOINTS), t, joint_state_msg(np.append(proprio[k, :n], to_pos(proprio[k, n])), t, names))
         w.write(P(T_FRONT), t, image_msg(ep['front'][k], t, 'front_camera'))
         w.write(P(T_WRIST), t, image_msg(ep['wrist'][k], t, 'wrist_camera'))
         if ee_pose is not None:
             pos, quat = ee_pose(k)
             w.write(P(T_EE), t, pose_msg(pos, quat, t))
         if k < L:
-            target = proprio[k, :ARM_DOF] + actions[k, :ARM_DOF]
+            target = proprio[k, :n] + actions[k, :n]
             if joint_limits is not None:
                 target = np.clip(target, joint_limits[:, 0], joint_limits[:, 1])
             tc = t + 1_000_000
-            w.write(P(T_COMMANDS), tc, joint_state_msg(np.append(target, actions[k, ARM_DOF]), tc))
+            w.write(P(T_COMMANDS), tc, joint_state_msg(np.append(target, to_pos(actions[k, n])), tc, names))
             if features is not None:
-                executed = np.append(target - proprio[k, :ARM_DOF], actions[k, ARM_DOF])
+                executed = np.append(target - proprio[k, :n], actions[k, n])
                 w.write(P(T_TRANSITION), tc + 100_000, transition_msg(
                     t, episode_id, k, k % max(1, chunk_len), features[k], proprio[k], executed,
                     intervention=bool(interv[k]), action_t_ns=tc))

@@ -2,7 +2,8 @@
 
   bag_record --out PATH [--storage mcap|sqlite3] [--topics ...] [--duration S] [--task NAME]
   bag_record --sim-expert --task pick_cube --episodes N --out PATH     (no ROS needed: scripted demos as a bag)
-  bag_ingest BAG --out DATASET_DIR [--buffer DIR] [--rate 15] [--encoder-checkpoint FILE] ...
+  bag_ingest BAG --out DATASET_DIR [--buffer DIR] [--rate 15] [--encoder-checkpoint FILE]
+             [--params-file robot.yaml] [--joint-names J1 ... Jn] [--gripper-joint NAME] ...
   bag_replay BAG [--rate 1.0] [--topics ...] [--loop] [--all-topics] [--namespace NS]
 
 Bag reading/writing, alignment and episode segmentation are plain Python in `poco_learner.bag_io`; this module
@@ -398,16 +399,19 @@ def default_buffer_writer(encoder_checkpoint: str = '', encoder_overrides: Optio
         enc_kw = dict(encoder_overrides or {})
         if encoder_checkpoint:
             enc_kw['checkpoint_path'] = encoder_checkpoint
-        assembler = ObservationAssembler(ObservationConfig(obs_mode='pixels', cameras=tuple(meta['cameras'])),
-                                         EncoderConfig(**enc_kw))
-        scaler = ActionScaler(float(meta['max_joint_delta']))
+        from .dataset import action_dim
+        adim = action_dim(meta)               # the arm's joints + the gripper (= proprio size)
+        assembler = ObservationAssembler(ObservationConfig(obs_mode='pixels', cameras=tuple(meta['cameras']),
+                                                           proprio_dim=adim), EncoderConfig(**enc_kw))
+        scaler = ActionScaler(float(meta['max_joint_delta']), num_joints=adim - 1)
         bag_tag = Path(meta['source']['bag']).name
         if (Path(buffer_dir) / 'log.bin').exists():
             buf = ReplayBuffer.load(str(buffer_dir))
-            if buf.obs_dim != assembler.obs_dim:
+            if buf.obs_dim != assembler.obs_dim or buf.action_dim != scaler.action_dim:
                 buf.close()
-                raise BagError(f'buffer {buffer_dir} holds obs_dim {buf.obs_dim}, this encoder gives '
-                               f'{assembler.obs_dim} (feature_dim / cameras differ from the buffer\'s)')
+                raise BagError(f'buffer {buffer_dir} holds obs_dim {buf.obs_dim} / action_dim {buf.action_dim}, '
+                               f'this bag and encoder give {assembler.obs_dim} / {scaler.action_dim} (feature_dim, '
+                               'cameras or the arm\'s joint count differ from the buffer\'s)')
         else:
             cfg = BufferConfig(directory=str(buffer_dir), **({'capacity': capacity} if capacity else {}))
             buf = ReplayBuffer(cfg, obs_dim=assembler.obs_dim, action_dim=scaler.action_dim)
@@ -423,6 +427,24 @@ def default_buffer_writer(encoder_checkpoint: str = '', encoder_overrides: Optio
     return write
 
 
+def policy_params(paths) -> dict:
+    """The policy node's parameters in ROS 2 parameter files (robot.yaml and the like), as rcl applies them to a
+    node named `policy` in any namespace: the `/**` and `.../policy` sections in order, later ones winning.
+    The bag tools take the arm from here, so a robot's one robot.yaml serves the live graph and its bags."""
+    import yaml  # YAML 1.1: '1e-3' stays a string; callers convert with float()
+    out: dict = {}
+    for path in paths or ():
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise BagError(f'cannot read parameter file {path}: {e}') from e
+        for key, body in doc.items():
+            name = str(key).rstrip('/').rsplit('/', 1)[-1]
+            if (str(key) == '/**' or name == 'policy') and isinstance(body, dict):
+                out.update(body.get('ros__parameters') or {})
+    return out
+
+
 def ingest_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='bag_ingest', description='Turn a rosbag2 recording (MCAP or sqlite3) into '
                                 'an episode dataset and/or a replay buffer. Nothing is written unless the '
@@ -436,7 +458,17 @@ def ingest_main(argv=None) -> int:
     p.add_argument('--namespace', default=None, help='robot namespace in the bag (default: auto)')
     p.add_argument('--image-size', type=int, default=None, help='resize frames to N x N (default: keep)')
     p.add_argument('--task', default=None)
-    p.add_argument('--max-joint-delta', type=float, default=contract.MAX_JOINT_DELTA)
+    p.add_argument('--max-joint-delta', type=float, default=None,
+                   help=f'rad per tick (default: the --params-file policy value, else {contract.MAX_JOINT_DELTA})')
+    p.add_argument('--params-file', action='append', default=[], metavar='YAML',
+                   help='ROS 2 parameter file(s) of the robot (e.g. your copy of poco_bringup/config/robot.yaml): '
+                        'the policy section\'s joint_names, gripper_joint, gripper_closed, gripper_open and '
+                        'max_joint_delta describe the arm of the recording (repeatable, later files win)')
+    p.add_argument('--joint-names', nargs='+', default=None, metavar='NAME',
+                   help='the arm joints in action order (overrides --params-file; default: the sim arm\'s)')
+    p.add_argument('--gripper-joint', default=None, help='gripper joint name (overrides --params-file)')
+    p.add_argument('--gripper-closed', type=float, default=None, help='gripper position of command 0')
+    p.add_argument('--gripper-open', type=float, default=None, help='gripper position of command 1')
     p.add_argument('--include-evaluation', action='store_true')
     p.add_argument('--keep-unfinished', action='store_true', help='keep episodes without end event (timeouts)')
     p.add_argument('--strict', action='store_true', help='error on stale observations instead of dropping')
@@ -451,12 +483,23 @@ def ingest_main(argv=None) -> int:
                    help='image size the encoder resizes to (= the policy\'s image_size)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='[%(name)s] %(message)s')
-    cfg = bag_io.IngestConfig(rate_hz=args.rate, tolerance_s=args.tolerance, namespace=args.namespace,
-                              image_size=args.image_size, task=args.task, max_joint_delta=args.max_joint_delta,
-                              include_evaluation=args.include_evaluation, keep_unfinished=args.keep_unfinished,
-                              strict=args.strict, compress=args.compress)
     enc_over = {'feature_dim': args.feature_dim, 'image_size': args.encoder_image_size}
     try:
+        # the arm: command line > the policy section of --params-file > the policy node's defaults
+        arm = {k: v for k, v in policy_params(args.params_file).items()
+               if k in ('joint_names', 'gripper_joint', 'gripper_closed', 'gripper_open', 'max_joint_delta')}
+        for k in ('joint_names', 'gripper_joint', 'gripper_closed', 'gripper_open', 'max_joint_delta'):
+            if getattr(args, k) is not None:
+                arm[k] = getattr(args, k)
+        if 'joint_names' in arm:
+            arm['joint_names'] = tuple(arm['joint_names'])
+        for k in ('gripper_closed', 'gripper_open', 'max_joint_delta'):
+            if k in arm:
+                arm[k] = float(arm[k])
+        cfg = bag_io.IngestConfig(rate_hz=args.rate, tolerance_s=args.tolerance, namespace=args.namespace,
+                                  image_size=args.image_size, task=args.task,
+                                  include_evaluation=args.include_evaluation, keep_unfinished=args.keep_unfinished,
+                                  strict=args.strict, compress=args.compress, **arm)
         writer = (default_buffer_writer(args.encoder_checkpoint, enc_over, demo=not args.online)
                   if args.buffer else None)
         rep = bag_io.ingest_bag(args.bag, args.out, cfg, buffer_dir=args.buffer, buffer_writer=writer,

@@ -3,10 +3,11 @@
 Layout::
 
     <directory>/meta.json              {"task", "obs_mode": "pixels"|"state", "image_size", "cameras": [...],
-                                        "max_joint_delta", ...any extra keys}
+                                        "max_joint_delta", optional "joint_names": [...] (the proprio columns:
+                                        the arm's n joints + the gripper; absent: the sim arm's 6 + 1), ...}
     <directory>/episode_000000.npz     one per episode, np.load(allow_pickle=False):
-        proprio      [L+1, 7]   float   joint angles [rad] + gripper opening [0, 1]
-        actions      [L, 7]     float   PHYSICAL units (6 joint deltas [rad] + gripper command [0, 1])
+        proprio      [L+1, n+1] float   joint angles [rad] + gripper opening [0, 1]
+        actions      [L, n+1]   float   PHYSICAL units (n joint deltas [rad] + gripper command [0, 1])
         rewards      [L]        float
         terminal     ()         bool    ended by success/failure (True) or timeout (False)
         success      ()         bool
@@ -29,7 +30,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from poco_policy.contract import ACTION_DIM, PROPRIO_DIM
+from poco_policy.contract import ACTION_DIM
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +83,20 @@ def validate_meta(meta: Mapping[str, Any], where: str = 'meta') -> dict[str, Any
         raise DatasetError(f'{where}: pixels mode needs at least one camera')
     if not (meta['max_joint_delta'] > 0 and meta['image_size'] > 0):
         raise DatasetError(f'{where}: max_joint_delta and image_size must be > 0')
+    if 'joint_names' in meta:
+        names = meta['joint_names']
+        if not (isinstance(names, (list, tuple)) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)
+                and len(set(names)) == len(names)):
+            raise DatasetError(f'{where}: joint_names must list the distinct names of the arm joints and the '
+                               f'gripper, got {names!r}')
+        meta['joint_names'] = list(names)
     return meta
+
+
+def action_dim(meta: Mapping[str, Any] | None) -> int:
+    """Action (= proprio) size of a dataset: its joint_names (the arm's joints + the gripper; the sim arm's
+    6 + 1 when meta has none)."""
+    return len(meta['joint_names']) if meta and 'joint_names' in meta else ACTION_DIM
 
 
 def _flag(arrays: Mapping[str, np.ndarray], key: str, where: str) -> bool:
@@ -111,12 +125,13 @@ def validate_episode(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] |
         if key not in out:
             raise DatasetError(f'{where}: missing array {key!r} (has {sorted(out)})')
     acts = np.asarray(out['actions'])
-    if acts.ndim != 2 or acts.shape[1] != ACTION_DIM or acts.shape[0] < 1:
-        raise DatasetError(f'{where}: actions must be [L>=1, {ACTION_DIM}], got {acts.shape}')
+    adim = action_dim(meta)                # = proprio size: n joints + gripper
+    if acts.ndim != 2 or acts.shape[1] != adim or acts.shape[0] < 1:
+        raise DatasetError(f'{where}: actions must be [L>=1, {adim}], got {acts.shape}')
     L = acts.shape[0]
-    _float_array(out, 'actions', (L, ACTION_DIM), where)
+    _float_array(out, 'actions', (L, adim), where)
     _float_array(out, 'rewards', (L,), where)
-    _float_array(out, 'proprio', (L + 1, PROPRIO_DIM), where)
+    _float_array(out, 'proprio', (L + 1, adim), where)
     out['terminal'] = np.bool_(_flag(out, 'terminal', where))
     out['success'] = np.bool_(_flag(out, 'success', where))
     if 'intervention' in out:
@@ -243,9 +258,11 @@ def load_into_buffer(directory: str | Path, buffer, assembler, scaler, demo: boo
         missing = [c for c in assembler.cfg.cameras if c not in meta['cameras']]
         if missing:
             raise DatasetError(f'{directory}: dataset has cameras {meta["cameras"]}, assembler needs {missing}')
-    if buffer.obs_dim != assembler.obs_dim or buffer.action_dim != ACTION_DIM:
+    adim = action_dim(meta)
+    if buffer.obs_dim != assembler.obs_dim or buffer.action_dim != adim or scaler.action_dim != adim:
         raise ValueError(f'load_into_buffer: buffer is ({buffer.obs_dim}, {buffer.action_dim}), assembler gives '
-                         f'obs_dim {assembler.obs_dim} and actions have {ACTION_DIM} dims')
+                         f'obs_dim {assembler.obs_dim}, the action scaler {scaler.action_dim} dims and the '
+                         f'dataset\'s actions have {adim} dims')
     if abs(float(meta['max_joint_delta']) - scaler.max_joint_delta) > 1e-9:
         _log.warning('load_into_buffer: dataset max_joint_delta=%g but ActionScaler uses %g: actions are '
                      'normalised (and clipped) with the scaler\'s value', meta['max_joint_delta'],

@@ -26,14 +26,15 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'  # workplace rule, als
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def synthetic_episodes(n=2, L=(12, 9), size=32, seed=0, success=(True, False)):
+def synthetic_episodes(n=2, L=(12, 9), size=32, seed=0, success=(True, False), joints=6):
     rng = np.random.default_rng(seed)
     eps = []
     for i in range(n):
         Li = L[i % len(L)]
-        pro = rng.uniform(-1, 1, (Li + 1, 7)).astype(np.float32)
-        pro[:, 6] = rng.uniform(0, 1, Li + 1)
-        act = np.concatenate([rng.uniform(-0.05, 0.05, (Li, 6)), rng.uniform(0, 1, (Li, 1))], 1).astype(np.float32)
+        pro = rng.uniform(-1, 1, (Li + 1, joints + 1)).astype(np.float32)
+        pro[:, joints] = rng.uniform(0, 1, Li + 1)
+        act = np.concatenate([rng.uniform(-0.05, 0.05, (Li, joints)), rng.uniform(0, 1, (Li, 1))],
+                             1).astype(np.float32)
         ok = success[i % len(success)]
         eps.append(dict(proprio=pro, actions=act, success=ok, terminal=ok,
                         front=rng.integers(0, 256, (Li + 1, size, size, 3), dtype=np.uint8),
@@ -41,7 +42,7 @@ def synthetic_episodes(n=2, L=(12, 9), size=32, seed=0, success=(True, False)):
     return eps
 
 
-def write_bag(path, eps, storage='mcap', features_dim=0, skip_topics=(), mutate=None):
+def write_bag(path, eps, storage='mcap', features_dim=0, skip_topics=(), mutate=None, **arm):
     """Episodes -> bag. `mutate(topic, msg)` may alter messages (bad-bag tests); skip_topics drops topics."""
     class _Filter:
         def __init__(self, w):
@@ -63,7 +64,7 @@ def write_bag(path, eps, storage='mcap', features_dim=0, skip_topics=(), mutate=
                      if features_dim else None)
             if feats is not None:
                 ep['features'] = feats
-            t = bag_io.write_episode_to_bag(fw, ep, i, t, features=feats) + 500_000_000
+            t = bag_io.write_episode_to_bag(fw, ep, i, t, features=feats, **arm) + 500_000_000
     return Path(path)
 
 
@@ -73,7 +74,8 @@ def assert_dataset_equals(ds_dir, eps, atol=1e-5):
     assert meta['obs_mode'] == 'pixels' and meta['cameras'] == ['front', 'wrist']
     for e, g in zip(eps, got):
         L = len(e['actions'])
-        assert g['actions'].shape == (L, 7) and g['proprio'].shape == (L + 1, 7)
+        d = e['actions'].shape[1]
+        assert g['actions'].shape == (L, d) and g['proprio'].shape == (L + 1, d)
         np.testing.assert_allclose(g['actions'], e['actions'], atol=atol)
         np.testing.assert_allclose(g['proprio'], e['proprio'], atol=1e-6)
         assert np.array_equal(g['front'], e['front']) and np.array_equal(g['wrist'], e['wrist'])
@@ -722,3 +724,52 @@ def test_replay_then_record_roundtrip(tmp_path, ros):
     rep = ingest_bag(out, tmp_path / 'ds')
     assert rep.episodes == 2, rep.summary()
     assert_dataset_equals(tmp_path / 'ds', eps)
+
+
+# ================================================================================================ any arm
+ARM7 = dict(joint_names=tuple(f'fr3_joint{i}' for i in range(1, 8)), gripper_joint='fr3_finger_joint1',
+            gripper_closed=0.0, gripper_open=0.04)
+
+
+def test_seven_joint_arm_replay_record_ingest(tmp_path, ros):
+    """A 7-joint arm with a metric gripper (the policy node's parameters in a robot.yaml): a bag of its topics
+    -> bag_replay -> bag_record (own processes, real rosbag2 files) -> bag_ingest --params-file -> the original
+    8-dim episodes (gripper in command units) in the dataset and in a replay buffer."""
+    import yaml
+    from poco_learner.buffer import ReplayBuffer
+    eps = synthetic_episodes(2, L=(6, 4), size=32, joints=7)
+    src = write_bag(tmp_path / 'src', eps, **ARM7)
+    with bag_io.BagReader(src) as r:               # what a 7-joint driver publishes: names and metres
+        js = next(m for _, _, m in r.messages([bag_io.T_JOINTS]))
+    assert list(js.name) == list(ARM7['joint_names']) + ['fr3_finger_joint1']
+    assert js.position[7] == pytest.approx(eps[0]['proprio'][0, 7] * 0.04)
+    # the sim arm's default names do not fit this bag: refused with the missing joints named
+    with pytest.raises(BagError, match='lacks joints'):
+        ingest_bag(src, tmp_path / 'wrong')
+
+    out = tmp_path / 'rec'
+    rec = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'record', '--out', str(out)])
+    rp = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'replay', str(src), '--all-topics',
+                    '--wait-for-subscribers', '30'])
+    ros.spin_until(lambda: rp.poll() is not None, 90, 'bag_replay to finish')
+    assert ros.stop(rp)[0] == 0
+    ros.spin_for(0.5)
+    rc, text = ros.stop(rec)
+    assert rc == 0, text
+
+    robot = tmp_path / 'fr3.yaml'
+    robot.write_text(yaml.safe_dump({'/**/policy': {'ros__parameters': {
+        'joint_names': list(ARM7['joint_names']), 'gripper_joint': ARM7['gripper_joint'],
+        'gripper_closed': 0.0, 'gripper_open': 0.04, 'max_joint_delta': 0.05}}}))
+    res = run_cli('ingest', out, '--out', tmp_path / 'ds', '--buffer', tmp_path / 'buf', '--params-file', robot,
+                  '--feature-dim', 8, '--encoder-image-size', 32)
+    assert res.returncode == 0, res.stderr
+    assert_dataset_equals(tmp_path / 'ds', eps)
+    meta, _ = load_dataset_episodes(tmp_path / 'ds')
+    assert meta['joint_names'] == list(ARM7['joint_names']) + ['fr3_finger_joint1']
+    buf = ReplayBuffer.load(str(tmp_path / 'buf'))
+    try:
+        assert buf.action_dim == 8 and buf.obs_dim == 2 * 8 + 8
+        assert buf.stats()['episodes'] == 2
+    finally:
+        buf.close()

@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _private_domain():
-    from poco_bringup import runner
-    d, _, lock = runner.choose_domain_id(None, {})
-    return d, lock
+    # poco_policy's test support, not poco_bringup's runner: poco_learner's suite must run where only its own
+    # dependencies are installed (`colcon test --packages-select poco_learner` in a ws/src layout)
+    from poco_policy.testing import private_domain
+    return private_domain(), None
 
 
 def test_fuzz_learner_quick_all_zeros():

@@ -52,9 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-SIM_EXE = REPO / 'install/poco_sim/lib/poco_sim/sim_node'
-POLICY_EXE = REPO / 'install/poco_policy/lib/poco_policy/policy_node'
+from poco_policy.testing import installed
+
+SIM_EXE = installed('poco_sim', 'lib', 'poco_sim', 'sim_node')             # of the sourced workspace
+POLICY_EXE = installed('poco_policy', 'lib', 'poco_policy', 'policy_node')
 RATE_HZ = 15.0
 
 

@@ -58,7 +58,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 JOINTS = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6']
 MAX_DELTA = 0.05
 PREFIX = {'joint_states': 'joint_states', 'sim/state': 'sim/state', 'ee_pose': 'ee_pose',
@@ -298,7 +297,8 @@ class Proc:
         self.name, self.log_path = name, logdir / f'{name}.log'
         pfile = logdir / f'{name}.params.yaml'
         pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params}}))
-        path = ROOT / 'install' / pkg / 'lib' / pkg / exe
+        from poco_policy.testing import installed
+        path = installed(pkg, 'lib', pkg, exe)    # of the sourced workspace (repo install/ or a ws/install)
         if not path.exists():
             raise SystemExit(f'{path} missing: run scripts/setup.sh')
         self.log = open(self.log_path, 'a')

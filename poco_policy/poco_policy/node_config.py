@@ -123,6 +123,34 @@ class PolicyNodeConfig:
         return len(self.joint_names) + 1
 
 
+# The arm's parameters that other nodes and tools share with the policy node (the sim, teleop, the bag tools):
+# the same names, defaults and descriptions, declared here once (`policy_field`).
+ARM_PARAMS = ('joint_names', 'gripper_joint', 'gripper_closed', 'gripper_open')
+
+
+def policy_field(name: str):
+    """A dataclass field for another node's config that is the policy node's parameter `name` (its default and
+    descriptor): one home per parameter, so `joint_names` means the same in every section of robot.yaml."""
+    f = {f.name: f for f in dataclasses.fields(PolicyNodeConfig)}[name]
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def policy_default(name: str):
+    """The policy node's default of parameter `name`."""
+    return {f.name: f for f in dataclasses.fields(PolicyNodeConfig)}[name].default
+
+
+def check_arm(joint_names, gripper_joint: str, gripper_closed: float = 0.0, gripper_open: float = 1.0) -> None:
+    """The arm parameters' own consistency (what `validate` checks of them), for the nodes that share them."""
+    names = list(joint_names)
+    if not names or len(set(names)) != len(names) or '' in names:
+        raise ValueError(f'joint_names must be distinct non-empty names, got {names}')
+    if gripper_joint in names:
+        raise ValueError(f'gripper_joint {gripper_joint!r} is also an arm joint')
+    if not (math.isfinite(gripper_closed) and math.isfinite(gripper_open)) or gripper_closed == gripper_open:
+        raise ValueError('gripper_closed and gripper_open must be finite and differ')
+
+
 RUNTIME_PARAMS = tuple(f.name for f in dataclasses.fields(PolicyNodeConfig) if not f.metadata.get('read_only', True))
 
 
@@ -134,10 +162,7 @@ def _finite(name: str, values) -> None:
 def validate(cfg: PolicyNodeConfig) -> None:
     """Start-up and run-time consistency; raises ValueError naming the parameter."""
     n = cfg.n_joints
-    if n < 1 or len(set(cfg.joint_names)) != n or '' in cfg.joint_names:
-        raise ValueError(f'joint_names must be distinct non-empty names, got {list(cfg.joint_names)}')
-    if cfg.gripper_joint in cfg.joint_names:
-        raise ValueError(f'gripper_joint {cfg.gripper_joint!r} is also an arm joint')
+    check_arm(cfg.joint_names, cfg.gripper_joint, cfg.gripper_closed, cfg.gripper_open)
     for name in ('joint_lower', 'joint_upper', 'home_pose'):
         v = getattr(cfg, name)
         if len(v) != n:
@@ -155,9 +180,6 @@ def validate(cfg: PolicyNodeConfig) -> None:
         raise ValueError(f'ee_box_min {list(cfg.ee_box_min)} must be below ee_box_max {list(cfg.ee_box_max)}')
     if not (math.isfinite(cfg.max_joint_delta) and cfg.max_joint_delta > 0):
         raise ValueError(f'max_joint_delta must be > 0, got {cfg.max_joint_delta}')
-    if not (math.isfinite(cfg.gripper_closed) and math.isfinite(cfg.gripper_open)) or \
-            cfg.gripper_closed == cfg.gripper_open:
-        raise ValueError('gripper_closed and gripper_open must be finite and differ')
     for f in dataclasses.fields(cfg):
         ch = f.metadata.get('choices')
         if ch and getattr(cfg, f.name) not in ch:

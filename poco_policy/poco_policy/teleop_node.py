@@ -1,13 +1,16 @@
 """Teleoperation: keyboard (terminal) and sensor_msgs/Joy (gamepad, spacemouse) -> human intervention actions.
 
-While intervening, publishes `teleop/action` (poco_msgs/ActionChunk, horizon 1, action_dim 7, physical units:
-6 joint deltas [rad] bounded by max_joint_delta + absolute gripper command in [0, 1]) at the control rate. The
+While intervening, publishes `teleop/action` (poco_msgs/ActionChunk, horizon 1, action_dim n + 1, physical units:
+one delta [rad] per arm joint, bounded by max_joint_delta, + absolute gripper command in [0, 1]) at the control
+rate. The arm is the policy node's: `joint_names` (any count n), `gripper_joint`, `gripper_closed` /
+`gripper_open` (the same parameters, robot.yaml; poco_policy/node_config.py). The
 policy node executes those instead of its own chunk and flags the steps `intervention=True`; when we stop
 publishing, it goes back to the policy after a few ticks. Nothing is published while not intervening.
 
 Keyboard (terminal in cbreak mode, so Ctrl-C still works):
-    q/a  w/s  e/d  r/f  t/g  y/h   joint 1..6  +/-   (each key press = one tick of `key_step` * max_joint_delta;
-                                                     hold a key: the terminal's auto-repeat keeps it moving)
+    q/a  w/s  e/d  r/f  t/g  y/h  u/j  i/k   joint 1..8  +/-   (each key press = one tick of `key_step` *
+                                             max_joint_delta; hold a key: the terminal's auto-repeat keeps it
+                                             moving; joints past the 8th: Joy only)
     o / c                          gripper open / close
     space                          toggle intervention
     + / -                          speed up / down (scales key_step)
@@ -31,19 +34,26 @@ from typing import Optional, Sequence
 import numpy as np
 
 from poco_policy import contract
-from poco_policy.contract import NUM_JOINTS
-# key -> (joint index, direction)
-JOINT_KEYS = {k: (j, s) for j, (kp, km) in enumerate(('qa', 'ws', 'ed', 'rf', 'tg', 'yh'))
-              for k, s in ((kp, 1.0), (km, -1.0))}
+from poco_policy.node_config import check_arm, policy_field
+from poco_policy.outputs import GripperScale
+# key -> (joint index, direction); keys of joints the arm does not have do nothing
+KEY_PAIRS = ('qa', 'ws', 'ed', 'rf', 'tg', 'yh', 'uj', 'ik')
+JOINT_KEYS = {k: (j, s) for j, (kp, km) in enumerate(KEY_PAIRS) for k, s in ((kp, 1.0), (km, -1.0))}
 
 
 @dataclass
 class TeleopConfig:
+    # the arm: the policy node's parameters (same names and defaults: one home, node_config.PolicyNodeConfig)
+    joint_names: tuple = policy_field('joint_names')
+    gripper_joint: str = policy_field('gripper_joint')
+    gripper_closed: float = policy_field('gripper_closed')
+    gripper_open: float = policy_field('gripper_open')
     control_rate_hz: float = 15.0
     max_joint_delta: float = contract.MAX_JOINT_DELTA  # rad per tick; every output delta is clipped to it (= policy's)
     keyboard: bool = True                    # read the terminal (only when stdin is a TTY)
     key_step: float = 0.5                    # one key press = key_step * max_joint_delta on that joint
     joy_topic: str = 'joy'
+    # one entry per joint_names entry (a 7-joint arm sets 7 of each)
     joy_axes: tuple[int, ...] = (0, 1, 3, 4, 6, 7)     # Joy axis index per joint (-1 = not mapped)
     joy_scales: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # per joint: sign / gain (x max_joint_delta)
     joy_deadzone: float = 0.1                # |axis| below it = 0 (rest of the range rescaled to 0..1)
@@ -72,15 +82,20 @@ class TeleopMapper:
         self.cfg = cfg or TeleopConfig()
         if not (self.cfg.max_joint_delta > 0 and math.isfinite(self.cfg.max_joint_delta)):
             raise ValueError('TeleopConfig.max_joint_delta must be > 0')
-        if len(self.cfg.joy_axes) != NUM_JOINTS or len(self.cfg.joy_scales) != NUM_JOINTS:
-            raise ValueError(f'TeleopConfig.joy_axes / joy_scales need {NUM_JOINTS} entries')
+        check_arm(self.cfg.joint_names, self.cfg.gripper_joint, self.cfg.gripper_closed, self.cfg.gripper_open)
+        n = self.n = len(self.cfg.joint_names)
+        if len(self.cfg.joy_axes) != n or len(self.cfg.joy_scales) != n:
+            raise ValueError(f'joy_axes / joy_scales need {n} entries, one per joint_names '
+                             f'{list(self.cfg.joint_names)} (-1 = axis not mapped), got '
+                             f'{len(self.cfg.joy_axes)} / {len(self.cfg.joy_scales)}')
+        self.gripper_scale = GripperScale(self.cfg.gripper_closed, self.cfg.gripper_open)
         self.toggled = False
         self.deadman = False
         self.speed = 1.0
         self.gripper: Optional[float] = None
         self.measured_gripper: Optional[float] = None
-        self._pending = np.zeros(NUM_JOINTS)
-        self._joy_delta = np.zeros(NUM_JOINTS)
+        self._pending = np.zeros(n)
+        self._joy_delta = np.zeros(n)
         self._joy_time = -math.inf
         self._prev_buttons: list[int] = []
 
@@ -103,8 +118,13 @@ class TeleopMapper:
             self._pending[:] = 0.0
 
     def set_measured_gripper(self, opening: float) -> None:
+        """The measured opening in command units [0, 1] (see `set_measured_gripper_position`)."""
         if math.isfinite(opening):
             self.measured_gripper = float(np.clip(opening, 0.0, 1.0))
+
+    def set_measured_gripper_position(self, position: float) -> None:
+        """The gripper joint's measured position (its units: gripper_closed .. gripper_open)."""
+        self.set_measured_gripper(self.gripper_scale.to_command(position))
 
     # ------------------------------------------------------------------ inputs
     def on_key(self, key: str) -> Optional[str]:
@@ -127,7 +147,7 @@ class TeleopMapper:
         k = key.lower()
         if k in JOINT_KEYS:
             j, s = JOINT_KEYS[k]
-            if self.intervening:
+            if self.intervening and j < self.n:
                 self._pending[j] += s * self.cfg.key_step * self.speed * self.cfg.max_joint_delta
             return None
         return None
@@ -148,7 +168,7 @@ class TeleopMapper:
             self.gripper = 0.0
         elif 0 <= cfg.joy_gripper_axis < len(axes):
             self.gripper = float(np.clip((axes[cfg.joy_gripper_axis] + 1.0) * 0.5, 0.0, 1.0))
-        d = np.zeros(NUM_JOINTS)
+        d = np.zeros(self.n)
         dz = min(max(cfg.joy_deadzone, 0.0), 0.99)
         for j, (ax, sc) in enumerate(zip(cfg.joy_axes, cfg.joy_scales)):
             if 0 <= int(ax) < len(axes):
@@ -161,7 +181,7 @@ class TeleopMapper:
 
     # ------------------------------------------------------------------ output
     def tick(self, now: float) -> Optional[np.ndarray]:
-        """The action for this control tick (float32[7], physical units), or None when not intervening."""
+        """The action for this control tick (float32[n + 1], physical units), or None when not intervening."""
         if not self.intervening:
             self._pending[:] = 0.0
             return None
@@ -175,8 +195,15 @@ class TeleopMapper:
         return np.append(delta, np.clip(g, 0.0, 1.0)).astype(np.float32)
 
 
-HELP = ('teleop: space = toggle intervention | q/a w/s e/d r/f t/g y/h = joint 1..6 +/- | o/c = gripper '
-        'open/close | +/- = speed | Ctrl-C = quit')
+def help_line(n_joints: int) -> str:
+    pairs = KEY_PAIRS[:n_joints]
+    keys = ' '.join(f'{p[0]}/{p[1]}' for p in pairs)
+    extra = f' (joints {len(pairs) + 1}..{n_joints}: Joy only)' if n_joints > len(pairs) else ''
+    return (f'teleop: space = toggle intervention | {keys} = joint 1..{len(pairs)} +/-{extra} | o/c = gripper '
+            'open/close | +/- = speed | Ctrl-C = quit')
+
+
+HELP = help_line(len(TeleopConfig().joint_names))
 
 
 class _Terminal:
@@ -208,7 +235,7 @@ def main(args=None):
     from sensor_msgs.msg import JointState, Joy
 
     from poco_msgs.msg import ActionChunk
-    from poco_policy.config import declare_ros_parameters
+    from poco_policy.params import declare_ros_parameters
 
     class TeleopNode(Node):
         def __init__(self):
@@ -230,11 +257,11 @@ def main(args=None):
                 self.mapper.on_joy(msg.axes, msg.buttons, time.monotonic())
 
         def on_joint_states(self, msg):
-            if contract.GRIPPER_JOINT in msg.name:
-                i = list(msg.name).index(contract.GRIPPER_JOINT)
+            if self.cfg.gripper_joint in msg.name:
+                i = list(msg.name).index(self.cfg.gripper_joint)
                 if i < len(msg.position):
                     with self.lock:
-                        self.mapper.set_measured_gripper(float(msg.position[i]))
+                        self.mapper.set_measured_gripper_position(float(msg.position[i]))
 
         def on_key(self, key: str):
             with self.lock:
@@ -255,17 +282,22 @@ def main(args=None):
             m.header.stamp = self.get_clock().now().to_msg()
             m.header.frame_id = 'base_link'
             m.horizon = 1
-            m.action_dim = 7
+            m.action_dim = self.mapper.n + 1
             m.data = a.tolist()
             self.pub.publish(m)
 
     rclpy.init(args=args)
-    node = TeleopNode()
+    try:
+        node = TeleopNode()
+    except ValueError as e:  # bad parameters (e.g. joy_axes for another joint count): one clear line
+        print(f'teleop_node: invalid configuration: {e}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     term = None
     stop = threading.Event()
     if node.cfg.keyboard and sys.stdin.isatty():
         term = _Terminal()
-        node.get_logger().info(HELP)
+        node.get_logger().info(help_line(node.mapper.n))
 
         def keyboard_loop():
             while not stop.is_set():
@@ -288,4 +320,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

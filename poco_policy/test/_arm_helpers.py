@@ -1,6 +1,6 @@
 """Shared by the real-arm tests (test_outputs, test_arm_config, test_estop) and benchmarks/bench_estop.py:
 
-- `Proc`: a node executable as its own process (own session, log file, params file);
+- `Proc`: a node executable as its own process (poco_policy.testing.NodeProc: own session, log, params file);
 - `make_actor`: random policy weights of the right sizes for an arm (obs_dim = state + joints + 1);
 - the stand-in robot, run as a script (`python _arm_helpers.py '<json>'`): a tiny rclpy node that publishes
   joint_states (any joints + a gripper joint) and sim/state, and integrates the commands it receives on the
@@ -11,15 +11,12 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
+from poco_policy import testing
+from poco_policy.testing import NodeProc
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -30,48 +27,17 @@ SIM_HOME = [0.0, 0.41, 1.89, 0.0, 0.84, 0.0]
 
 
 def ros_env(domain: int | None = None) -> dict:
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1')
-    env['ROS_DOMAIN_ID'] = str(domain if domain is not None else random.randint(120, 200))
-    env.pop('ROS_STATIC_PEERS', None)
+    env = testing.ros_env(domain if domain is not None else testing.private_domain())
     env.pop('POCO_USE_SIM_TIME', None)  # wall clock: the e-stop and staleness checks run on it
     return env
 
 
-def exe(pkg: str, name: str) -> str:
-    p = ROOT / 'install' / pkg / 'lib' / pkg / name
-    assert p.exists(), f'{p} missing: run scripts/setup.sh'
-    return str(p)
+def Proc(tmp: Path, name: str, env: dict, cmd: list[str] | None = None, params: dict | None = None) -> NodeProc:
+    """`cmd` as its own process, or (no cmd) the installed policy node as node `name` with `params`."""
+    return NodeProc(tmp, 'poco_policy', 'policy_node', name, params, env, cmd)
 
 
-class Proc:
-    def __init__(self, tmp: Path, name: str, env: dict, cmd: list[str] | None = None, params: dict | None = None):
-        self.name, self.log_path = name, tmp / f'{name}.log'
-        if cmd is None:  # the policy node with a params file
-            pfile = tmp / f'{name}.params.yaml'
-            pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params or {}}}))
-            cmd = [exe('poco_policy', 'policy_node'), '--ros-args', '-r', f'__node:={name}', '--params-file',
-                   str(pfile)]
-        self.log = open(self.log_path, 'a')
-        self.p = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def stop(self):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGINT)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-        self.log.close()
-
-
-def standin(tmp: Path, env: dict, **cfg) -> Proc:
+def standin(tmp: Path, env: dict, **cfg) -> NodeProc:
     return Proc(tmp, 'robot', env, cmd=[sys.executable, str(Path(__file__).resolve()), json.dumps(cfg)])
 
 

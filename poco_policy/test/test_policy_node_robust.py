@@ -16,12 +16,10 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -32,48 +30,14 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray  # noqa: E402
 
 from poco_msgs.msg import ActionChunk, PolicyWeights  # noqa: E402
+from poco_policy.testing import NodeProc  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
 
 
-def _exe(pkg: str, name: str) -> str:
-    p = ROOT / 'install' / pkg / 'lib' / pkg / name
-    assert p.exists(), f'{p} missing: run scripts/setup.sh'
-    return str(p)
-
-
-class Proc:
-    def __init__(self, tmp: Path, pkg: str, exe: str, name: str, params: dict, env: dict):
-        self.name, self.log_path = name, tmp / f'{name}.log'
-        pfile = tmp / f'{name}.params.yaml'
-        pfile.write_text(yaml.safe_dump({f'/**/{name}': {'ros__parameters': params}}))
-        self.log = open(self.log_path, 'a')
-        self.p = subprocess.Popen([_exe(pkg, exe), '--ros-args', '-r', f'__node:={name}', '--params-file',
-                                   str(pfile)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def signal(self, sig):
-        os.killpg(self.p.pid, sig)
-
-    def stop(self):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGCONT)
-            os.killpg(self.p.pid, signal.SIGINT)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-        self.log.close()
+Proc = NodeProc   # (tmp, pkg, exe, name, params, env): poco_policy.testing
 
 
 class Operator:

@@ -59,7 +59,7 @@ def test_key_presses_accumulate_but_are_bounded_and_excess_dropped():
     assert m.tick(0.1)[2] == 0.0            # the 4x excess does not leak into later ticks
     m.on_key('q'), m.on_key('a')            # opposite presses cancel
     assert m.tick(0.2)[0] == 0.0
-    assert len(JOINT_KEYS) == 12
+    assert len(JOINT_KEYS) == 16            # 8 key pairs; a 6-joint arm ignores the last two
 
 
 def test_speed_keys_scale_steps():
@@ -155,6 +155,40 @@ def test_config_validation():
         TeleopMapper(TeleopConfig(max_joint_delta=0.0))
     with pytest.raises(ValueError):
         TeleopMapper(TeleopConfig(joy_axes=(0, 1)))
+    with pytest.raises(ValueError, match='7 entries, one per joint_names'):  # 7 joints, the 6-joint Joy map
+        TeleopMapper(TeleopConfig(joint_names=ARM7))
+    with pytest.raises(ValueError, match='also an arm joint'):
+        TeleopMapper(TeleopConfig(gripper_joint='joint2'))
+
+
+# ------------------------------------------------------------------------------------------------ any arm
+ARM7 = tuple(f'fr3_joint{i}' for i in range(1, 8))
+
+
+def test_arm_parameters_are_the_policy_nodes():
+    """One home per parameter: teleop's arm fields are PolicyNodeConfig's (same defaults and descriptions)."""
+    import dataclasses
+    from poco_policy.node_config import ARM_PARAMS, PolicyNodeConfig
+    pol = {f.name: f for f in dataclasses.fields(PolicyNodeConfig)}
+    tel = {f.name: f for f in dataclasses.fields(TeleopConfig)}
+    for name in ARM_PARAMS:
+        assert tel[name].default == pol[name].default and tel[name].metadata == pol[name].metadata, name
+
+
+def test_seven_joint_arm_keys_joy_and_gripper_scale():
+    m = mapper(joint_names=ARM7, gripper_joint='fr3_finger_joint1', gripper_closed=0.0, gripper_open=0.04,
+               joy_axes=(0, 1, 3, 4, 6, 7, 2), joy_scales=(1.0,) * 7, key_step=0.5, joy_toggle_button=4)
+    m.set_measured_gripper_position(0.01)          # metres of finger travel -> opening 0.25
+    m.on_key(' ')
+    a = m.tick(0.0)
+    assert a.shape == (8,) and a[7] == pytest.approx(0.25)
+    m.on_key('u')                                   # joint 7
+    m.on_key('i')                                   # an 8th joint this arm does not have: nothing
+    a = m.tick(0.1)
+    np.testing.assert_allclose(a[:7], [0, 0, 0, 0, 0, 0, 0.5 * MAX], atol=1e-7)
+    m.on_joy(joy_axes(n=8, a2=-1.0), [0] * 8, now=0.2)
+    a = m.tick(0.2)
+    np.testing.assert_allclose(a[:7], [0, 0, 0, 0, 0, 0, -MAX], atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------ the node
@@ -288,3 +322,57 @@ def test_teleop_node_keyboard_in_a_terminal(ros):
         assert len(got) == n1, 'still publishing after toggling off'
     finally:
         os.close(master)
+
+
+def test_teleop_node_seven_joint_arm(ros):
+    """teleop_node configured for a 7-joint arm with a metric gripper (the policy node's parameters): the
+    action has 8 entries, the 7th joint follows its Joy axis, the gripper starts from the measured opening."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import JointState, Joy
+    from poco_msgs.msg import ActionChunk
+
+    node, ex = ros.node, ros.ex
+    ros.start([f'joint_names:=[{",".join(ARM7)}]', 'gripper_joint:=fr3_finger_joint1', 'gripper_open:=0.04',
+               'joy_axes:=[0,1,3,4,6,7,2]', 'joy_scales:=[1.0,1.0,1.0,1.0,1.0,1.0,1.0]',
+               'max_joint_delta:=0.04', 'joy_toggle_button:=4'], subprocess.DEVNULL)
+    got: list = []
+    node.create_subscription(ActionChunk, '/teleop/action', got.append, 10)
+    joy_pub = node.create_publisher(Joy, '/joy', qos_profile_sensor_data)
+    js_pub = node.create_publisher(JointState, '/joint_states', qos_profile_sensor_data)
+    ros.spin_until(lambda: joy_pub.get_subscription_count() > 0 and js_pub.get_subscription_count() > 0, 30,
+                   'teleop_node to subscribe to joy and joint_states')
+    ros.spin_until(lambda: node.count_publishers('/teleop/action') > 0, 10, 'the teleop/action publisher')
+
+    def joy(axes, buttons):
+        m = Joy()
+        m.axes, m.buttons = [float(x) for x in axes], buttons
+        joy_pub.publish(m)
+
+    js = JointState()
+    js.name = list(ARM7) + ['fr3_finger_joint1']
+    js.position = [0.0] * 7 + [0.03]               # opening 0.75
+    for _ in range(5):
+        js_pub.publish(js)
+        ros.spin_for(0.05)
+    joy([0.0] * 8, [0, 0, 0, 0, 1, 0, 0, 0])          # toggle on
+    joy([0.0] * 8, [0] * 8)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (got and got[-1].data[6] > 0.03):
+        joy([0.0, 0.0, 1.0] + [0.0] * 5, [0] * 8)    # axis 2 = joint 7
+        for _ in range(3):
+            ex.spin_once(timeout_sec=0.02)
+    assert got, 'no teleop/action received'
+    m = got[-1]
+    assert m.horizon == 1 and m.action_dim == 8 and len(m.data) == 8
+    assert m.data[6] == pytest.approx(0.04) and all(x == 0.0 for x in m.data[:6])
+    assert m.data[7] == pytest.approx(0.75)
+
+
+def test_teleop_node_refuses_a_joy_map_for_another_joint_count(ros):
+    """7 joints with the 6-entry default joy_axes: exit 2 with one line naming the parameter."""
+    proc = ros.start([f'joint_names:=[{",".join(ARM7)}]'], subprocess.DEVNULL)
+    assert proc.wait(60) == 2
+    ros.log.seek(0)
+    out = ros.log.read()
+    assert 'teleop_node: invalid configuration: joy_axes / joy_scales need 7 entries' in out, out
+    assert 'Traceback' not in out, out

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from poco_policy.contract import ARM_JOINTS, CAMERAS, MAX_JOINT_DELTA
+from poco_policy.node_config import policy_field
 
 # End-effector box [cm] in base_link: xmin, xmax, ymin, ymax, zmin, zmax. Violations are reported, not enforced.
 DEFAULT_BBOX_CM = (15.0, 75.0, -40.0, 40.0, 0.0, 60.0)
@@ -26,7 +27,11 @@ class SimNodeConfig:
     object_range: float = 0.05          # half-width [m] of the square in which the object / hole xy is drawn
     max_steps: int = 0                  # env step limit H (0 = task default); the policy node ends episodes
     bbox_cm: tuple = DEFAULT_BBOX_CM    # end-effector box [cm] (see above); reported as bbox_violation in logs
-    joint_names: tuple = ARM_JOINTS     # names published on joint_states (and accepted on joint_commands)
+    # The arm: the policy node's parameters (one home: poco_policy/node_config.py). The names are published on
+    # joint_states and accepted on joint_commands; the MuJoCo arm has len(ARM_JOINTS) = 6 joints, so any other
+    # count is refused at start-up (a 7-joint robot.yaml describes a real arm, not this sim).
+    joint_names: tuple = policy_field('joint_names')
+    gripper_joint: str = policy_field('gripper_joint')
     frame_id: str = 'base_link'         # frame of ee_pose
     # Sim time (the sim graph turns these on; the standalone node keeps the wall clock):
     sim_time: bool = False              # publish /clock; stamps = sim time (ticks x control period, from 0)

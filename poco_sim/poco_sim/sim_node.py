@@ -43,12 +43,12 @@ from std_msgs.msg import Bool, Float32MultiArray, MultiArrayDimension
 from poco_msgs.msg import LearnerPace, PolicyTick
 from poco_msgs.srv import Reset
 from poco_policy import contract as C
-from poco_policy.config import declare_ros_parameters
+from poco_policy.node_config import check_arm
+from poco_policy.params import declare_ros_parameters
 from poco_policy.runtime import BadInput, DropCounter, diagnostics
-from poco_sim.config import CAMERAS, SimNodeConfig
+from poco_sim.config import ARM_JOINTS, CAMERAS, SimNodeConfig
 from poco_sim.envs import TASKS, make_env
 
-GRIPPER = C.GRIPPER_JOINT
 POLL_S = 0.005  # pacing: how often timeouts and the wall-clock pace are checked (acks step at once)
 CLOCK_RESEND_S = 0.2  # pacing: re-send /clock when the policy has not acknowledged for this long (rclpy reads
                       # /clock best-effort: a lost message would otherwise cost a whole pace_timeout_s)
@@ -129,8 +129,12 @@ def _check_config(cfg: SimNodeConfig) -> None:
         raise ValueError('pacing needs sim_time: true (the sim owns the clock it paces)')
     if cfg.pace_timeout_s <= 0 or cfg.max_real_time_factor < 0:
         raise ValueError('pace_timeout_s must be > 0 and max_real_time_factor >= 0')
-    if len(cfg.joint_names) != 6 or len(cfg.bbox_cm) != 6:
-        raise ValueError('joint_names must name 6 joints and bbox_cm have 6 values')
+    check_arm(cfg.joint_names, cfg.gripper_joint)
+    if len(cfg.joint_names) != len(ARM_JOINTS):
+        raise ValueError(f'joint_names has {len(cfg.joint_names)} joints {list(cfg.joint_names)} but the MuJoCo arm '
+                         f'has {len(ARM_JOINTS)}; the sim stands in for a {len(ARM_JOINTS)}-joint arm only')
+    if len(cfg.bbox_cm) != 6:
+        raise ValueError('bbox_cm must have 6 values')
     if not cfg.cameras or any(c not in CAMERAS for c in cfg.cameras):
         raise ValueError(f'cameras must be a non-empty subset of {CAMERAS}, got {cfg.cameras!r}')
 
@@ -147,6 +151,7 @@ class SimNode(Node):
                             max_joint_delta=cfg.max_joint_delta, bbox_cm=tuple(cfg.bbox_cm),
                             cameras=tuple(cfg.cameras))
         self.joint_names = list(cfg.joint_names)
+        self.gripper_joint = cfg.gripper_joint
         self._seed_rng = np.random.default_rng(cfg.seed)  # seeds of resets that do not name one
         self.episode_id = 0
         self.episode_seed = cfg.seed
@@ -234,7 +239,7 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ inputs
     def on_command(self, msg: JointState) -> None:
-        """6 joint targets + gripper command, by name when names are given, else by position."""
+        """The arm's joint targets + gripper command, by name when names are given, else by position."""
         pos = list(msg.position)
         if msg.name:
             if len(msg.name) != len(pos):
@@ -242,16 +247,17 @@ class SimNode(Node):
             if len(set(msg.name)) != len(msg.name):
                 raise BadInput('duplicated joint', f'duplicated names in {list(msg.name)[:20]}')
             by_name = dict(zip(msg.name, pos))
-            missing = [n for n in self.joint_names + [GRIPPER] if n not in by_name]
+            missing = [n for n in self.joint_names + [self.gripper_joint] if n not in by_name]
             if missing:
                 raise BadInput('missing joint', f'missing joints {missing}')
-            pos = [by_name[n] for n in self.joint_names] + [by_name[GRIPPER]]
-        if len(pos) != 7:
-            raise BadInput('wrong size', f'expected 7 positions (6 joints + gripper), got {len(pos)}')
+            pos = [by_name[n] for n in self.joint_names] + [by_name[self.gripper_joint]]
+        n = len(self.joint_names)
+        if len(pos) != n + 1:
+            raise BadInput('wrong size', f'expected {n + 1} positions ({n} joints + gripper), got {len(pos)}')
         v = np.asarray(pos, dtype=float)
         if not np.all(np.isfinite(v)):
             raise BadInput('non-finite', f'non-finite value in {v.tolist()}')
-        self._cmd = (v[:6], float(np.clip(v[6], 0.0, 1.0)))
+        self._cmd = (v[:n], float(np.clip(v[n], 0.0, 1.0)))
         if self.cfg.pacing:
             self.pacer.on_command(stamp_ns(msg.header.stamp))
             self.maybe_step()
@@ -413,7 +419,7 @@ class SimNode(Node):
 
         js = JointState()
         js.header.stamp = stamp
-        js.name = self.joint_names + [GRIPPER]
+        js.name = self.joint_names + [self.gripper_joint]
         js.position = [float(x) for x in obs['proprio']]
         js.velocity = [float(x) for x in env.joint_velocities()] + [0.0]
         self.js_pub.publish(js)

@@ -234,3 +234,57 @@ def test_sim_node_end_to_end(sim_process):
         if probe is not None:
             probe.node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_sim_node_refuses_another_joint_count():
+    """A 7-joint arm configuration (robot.yaml of a real arm) given to the 6-joint MuJoCo arm: exit 2 with one
+    line that says why, no traceback."""
+    names = ','.join(f'fr3_joint{i}' for i in range(1, 8))
+    out = subprocess.run([sys.executable, '-m', 'poco_sim.sim_node', '--ros-args', '-p', f'joint_names:=[{names}]'],
+                         capture_output=True, text=True, timeout=120, env=_ros_env())
+    assert out.returncode == 2, out
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines == ['sim_node: invalid configuration: joint_names has 7 joints '
+                     f'{["fr3_joint%d" % i for i in range(1, 8)]} but the MuJoCo arm has 6; the sim stands in '
+                     'for a 6-joint arm only'], out.stderr
+
+
+def test_sim_node_takes_the_arms_joint_and_gripper_names(tmp_path):
+    """joint_names / gripper_joint (the policy node's parameters) rename what the sim publishes and accepts."""
+    names = [f'arm_{i}' for i in range(6)]
+    log = open(tmp_path / 'sim_node.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'poco_sim.sim_node', '--ros-args', '-r', f'__ns:={NAMESPACE}',
+                             '-p', 'obs_mode:=state', '-p', f'real_time_factor:={RTF}',
+                             '-p', f'joint_names:=[{",".join(names)}]', '-p', 'gripper_joint:=finger'],
+                            stdout=log, stderr=subprocess.STDOUT, env=_ros_env())
+    env_vars = _ros_env()
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env_vars['ROS_AUTOMATIC_DISCOVERY_RANGE']
+    os.environ['ROS_DOMAIN_ID'] = env_vars['ROS_DOMAIN_ID']
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = None
+    try:
+        probe = Probe(context)
+        assert probe.spin_until(lambda: probe.js is not None and probe.cmd_pub.get_subscription_count() >= 1,
+                                30.0, proc), 'sim node not discovered'
+        assert list(probe.js.name) == names + ['finger']
+        q0 = probe.q()
+        target = q0 + np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+        msg = JointState()
+        msg.name = names + ['finger']
+        msg.position = [float(v) for v in target] + [1.0]
+        probe.cmd_pub.publish(msg)
+        probe.spin_for(1.5)
+        assert abs(probe.q()[0] - target[0]) < 0.05, (q0, probe.q(), target)
+        probe.command(q0, 1.0)          # the default names are not this arm's: dropped, the arm stays
+        probe.spin_for(0.5)
+        assert abs(probe.q()[0] - target[0]) < 0.05 and proc.poll() is None
+    finally:
+        if probe is not None:
+            probe.node.destroy_node()
+        context.try_shutdown()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        log.close()
+        print((tmp_path / 'sim_node.log').read_text())

@@ -365,6 +365,33 @@ def test_run_sim_script_dry_run(tmp):
     assert h.returncode == 0 and '--env-steps' in h.stdout and 'set -euo' not in h.stdout
 
 
+
+@needs_repo_setup
+def test_run_sim_script_pixels_encoder_choices(tmp):
+    """Pixels mode: the encoder is pre-trained on the demos by default and the one checkpoint goes to both the
+    policy and the learner (their features must agree); --encoder random / FILE / a bad value."""
+    from _bringup_helpers import REPO
+    env = ros_env(private_domain()[0])
+
+    def dry(run_dir, *args):
+        return subprocess.run(['bash', str(REPO / 'scripts' / 'run_sim.sh'), '--dry-run', '--run-dir', str(run_dir),
+                               '--obs-mode', 'pixels', *args], capture_output=True, text=True, timeout=60, env=env)
+    r = dry(tmp / 'p')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f'poco_pretrain_encoder --data {tmp}/p/demos --out {tmp}/p/encoder.safetensors --steps 300' in r.stdout
+    enc = f'{tmp}/p/encoder.safetensors'
+    assert f'encoder_checkpoint: {enc}' in (tmp / 'p' / 'params' / 'policy.run.yaml').read_text()
+    assert f'encoder.checkpoint_path: {enc}' in (tmp / 'p' / 'params' / 'learner.run.yaml').read_text()
+    r = dry(tmp / 'r', '--encoder', 'random')
+    assert r.returncode == 0 and 'pretrain_encoder' not in r.stdout and 'seeded random' in r.stdout
+    assert 'encoder' not in (tmp / 'r' / 'params' / 'policy.run.yaml').read_text()
+    (tmp / 'mine.safetensors').write_bytes(b'x' * 32)
+    r = dry(tmp / 'f', '--encoder', str(tmp / 'mine.safetensors'))
+    assert r.returncode == 0 and f'encoder_checkpoint: {tmp}/mine.safetensors' in \
+        (tmp / 'f' / 'params' / 'policy.run.yaml').read_text()
+    r = dry(tmp / 'b', '--encoder', str(tmp / 'missing.safetensors'))
+    assert r.returncode == 2 and 'not pretrain, random or a file' in r.stdout
+
 def test_exec_failure_stops_the_started_nodes(procs, tmp):
     graph = write_graph(tmp, [('steady', 'steady')])
     bad = tmp / 'not_executable.sh'

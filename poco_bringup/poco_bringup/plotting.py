@@ -118,6 +118,34 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, *, train_win
                 last_train_success_ma=train[-1]['success_ma'] if train else None)
 
 
+def plot_runs(csv_paths: list[str | Path], png_path: str | Path, labels: Optional[list[str]] = None,
+              pretrained: int = 20, window: int = 20) -> None:
+    """Several runs in one figure: each run's evaluation success over a moving window of `window` evaluations
+    (after its pre-trained block) against training env steps, its pre-trained level dashed in the same colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, path in enumerate(csv_paths):
+        ev = [r for r in read_episodes(path) if r['evaluation']]
+        pre, online = ev[:pretrained], ev[pretrained:]
+        label = labels[i] if labels and i < len(labels) else Path(path).resolve().parent.name
+        xs = [online[j]['env_steps'] for j in range(window - 1, len(online))]
+        ys = [sum(r['success'] for r in online[j - window + 1:j + 1]) / window for j in range(window - 1, len(online))]
+        line, = ax.plot(xs, ys, lw=1.8, label=label)
+        if pre:
+            ax.axhline(sum(r['success'] for r in pre) / len(pre), ls='--', lw=1, color=line.get_color())
+    ax.set_xlabel('training env steps')
+    ax.set_ylabel(f'evaluation success ({window}-episode window)')
+    ax.set_title(f'dashed: pre-trained level (first {pretrained} evaluations)', fontsize=9)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(png_path, format='png')
+
+
 def score_run(rows: list[dict], pretrained: int = 20, final: int = 60, window: int = 20,
               warmup_steps: float = 0) -> dict:
     """The main job's scores from its episode rows (evaluation episodes only): `pretrained` = success over the
@@ -153,6 +181,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description='Plot the learning curve of a run from its episodes.csv')
     ap.add_argument('csv')
     ap.add_argument('png', nargs='?', help='default: learning_curve.png next to the CSV')
+    ap.add_argument('--compare', nargs='+', metavar='CSV', default=[],
+                    help='more runs: plot csv and these evaluation curves together into png')
+    ap.add_argument('--labels', nargs='+', default=None, help='with --compare: one label per run')
     ap.add_argument('--train-window', type=int, default=20)
     ap.add_argument('--eval-window', type=int, default=5)
     ap.add_argument('--score', action='store_true',
@@ -165,6 +196,11 @@ def main(argv=None) -> int:
     if a.score:
         s = score_run(read_episodes(a.csv), a.pretrained, a.final, a.window, _run_warmup_steps(a.csv))
         print(' | '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}' for k, v in s.items()))
+        return 0
+    if a.compare:
+        if not a.png:
+            ap.error('--compare needs the output png')
+        plot_runs([a.csv, *a.compare], a.png, a.labels, a.pretrained, a.window)
         return 0
     png = a.png or str(Path(a.csv).with_name('learning_curve.png'))
     print(plot_learning_curve(a.csv, png, train_window=a.train_window, eval_window=a.eval_window))

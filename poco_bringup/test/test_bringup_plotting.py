@@ -140,3 +140,17 @@ def test_score_run_blocks_windows_and_warmup(tmp_path, capsys):
                           '--window', '2']) == 0
     out = capsys.readouterr().out
     assert 'pretrained 0.75' in out and 'worst_window 0.00' in out and 'final 1.00' in out
+
+
+def test_compare_plots_several_runs_into_one_png(tmp_path):
+    import pytest
+    for name in ('a', 'b'):
+        (tmp_path / name).mkdir()
+        write_csv(tmp_path / name / 'episodes.csv', synthetic_rows())
+    png = tmp_path / 'cmp.png'
+    assert plotting.main([str(tmp_path / 'a' / 'episodes.csv'), str(png), '--compare',
+                          str(tmp_path / 'b' / 'episodes.csv'), '--labels', 'A', 'B', '--pretrained', '5',
+                          '--window', '3']) == 0
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 5000
+    with pytest.raises(SystemExit):   # no output file named
+        plotting.main([str(tmp_path / 'a' / 'episodes.csv'), '--compare', str(tmp_path / 'b' / 'episodes.csv')])

@@ -39,7 +39,11 @@ def cpu_line() -> str:
         pass
     feats = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    return (f'CPU: {name} ({", ".join(feats) or "no avx2/avx512/amx"}); {os.cpu_count()} logical CPUs, torch '
+    # the kernels torch dispatches to (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can limit them below the flags)
+    caps = [f'torch kernels {torch.backends.cpu.get_cpu_capability()}'] + \
+        [f'{k}={os.environ[k]}' for k in ('ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS') if os.environ.get(k)]
+    return (f'CPU: {name} ({", ".join(feats) or "no avx2/avx512/amx"}; {", ".join(caps)}); '
+            f'{os.cpu_count()} logical CPUs, torch '
             f'threads {torch.get_num_threads()}; load average {load:.1f}; torch {torch.__version__}')
 
 

@@ -68,12 +68,13 @@ def main(argv=None) -> int:
     within = sum(1 for r in results if r['latency_s'] is not None and r['latency_s'] < TICK_S
                  and r['commands_after'] == 0)
     after = sum(r['commands_after'] or 0 for r in results)
+    late = sum(r.get('commands_late') or 0 for r in results)
     print(f'e-stop from a default-QoS publisher: {len(results)} trials in {wall:.0f} s, {missed} without an event')
     if lat.size:
         print(f'latency press -> ESTOP event [ms]: p50 {np.percentile(lat, 50):.2f}  p90 {np.percentile(lat, 90):.2f}'
               f'  p99 {np.percentile(lat, 99):.2f}  max {lat.max():.2f}  min {lat.min():.2f}')
     print(f'halted within one tick ({TICK_S * 1e3:.1f} ms) with no command after: {within}/{len(results)}; '
-          f'commands after the event in all trials: {after}')
+          f'commands after the event in all trials: {after}; commands later than one tick after the press: {late}')
     return 0 if within == len(results) == trials else 1
 
 

@@ -249,20 +249,23 @@ def wait_running(op, n_start_before: int, seconds: float = 30.0) -> bool:
 def estop_trial(op, pub, release: bool = True) -> dict:
     """Press the e-stop on `pub` while an episode runs; returns the latency from the press (wall clock, taken
     just before publishing) to the policy's ESTOP event (its stamp: the policy's wall clock, same host), and the
-    commands stamped after that event until the release (must be none). Releases afterwards when asked."""
+    commands stamped after that event until the release (must be none), and those stamped later than one tick
+    after the press (`commands_late`: the one-tick contract; must be none). Releases afterwards when asked."""
     from std_msgs.msg import Bool
     n_start = len(op.events(op.EpisodeEvent.START))
     n_estop = len(op.events(op.EpisodeEvent.ESTOP))
     t_press = time.time()
     pub.publish(Bool(data=True))
     got = op.spin(5.0, lambda: len(op.events(op.EpisodeEvent.ESTOP)) > n_estop)
-    out = {'latency_s': None, 'commands_after': None, 'restarted': None}
+    out = {'latency_s': None, 'commands_after': None, 'commands_late': None, 'restarted': None}
     if got:
         ev = op.events(op.EpisodeEvent.ESTOP)[-1]
         t_ev = stamp_s(ev.header.stamp)
         op.spin(2 * TICK_S + 0.1)   # a command the policy might still send would arrive in this time
         out['latency_s'] = t_ev - t_press
         out['commands_after'] = sum(1 for _, m in op.got['cmd'] if stamp_s(m.header.stamp) > t_ev + 1e-6)
+        # the contract itself: nothing commanded later than one tick after the press
+        out['commands_late'] = sum(1 for _, m in op.got['cmd'] if stamp_s(m.header.stamp) > t_press + TICK_S)
         out['detail'] = ev.detail
     if release:
         pub.publish(Bool(data=False))

@@ -67,8 +67,12 @@ def test_default_qos_press_halts_within_one_tick(graph):
     for i in range(5):
         r = estop_trial(op, pub)
         assert r['latency_s'] is not None, f'trial {i}: no ESTOP event:\n{policy.text()[-2000:]}'
-        assert r['latency_s'] < TICK_S, f'trial {i}: e-stop took {r["latency_s"] * 1e3:.1f} ms > one tick'
+        # the contract: no command later than one tick after the press, none after the stop. The event's own
+        # latency distribution (100 trials, p50/p99) is bench_estop's; here a bound that catches a stop waiting
+        # for a chunk boundary or a timer without failing on one scheduling hiccup of a busy 2-core machine.
+        assert r['commands_late'] == 0, f'trial {i}: {r["commands_late"]} commands later than one tick: {r}'
         assert r['commands_after'] == 0, f'trial {i}: {r["commands_after"]} commands after the e-stop'
+        assert r['latency_s'] < 3 * TICK_S, f'trial {i}: e-stop event after {r["latency_s"] * 1e3:.1f} ms'
         assert r['detail'] == 'e-stop pressed'
         assert r['restarted'], f'trial {i}: the policy did not resume after the release'
 
@@ -81,7 +85,8 @@ def test_latched_publisher_still_works(graph):
         depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     assert op.spin(10, lambda: latched.get_subscription_count() >= 1)
     r = estop_trial(op, latched)
-    assert r['latency_s'] is not None and r['latency_s'] < TICK_S and r['commands_after'] == 0, r
+    assert r['latency_s'] is not None and r['commands_late'] == 0 and r['commands_after'] == 0, r
+    assert r['latency_s'] < 3 * TICK_S, r
     assert r['restarted']
     op.node.destroy_publisher(latched)
 

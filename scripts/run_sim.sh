@@ -68,6 +68,14 @@ RUN_DIR="${RUN_DIR:-runs/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$RUN_DIR"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 say() { echo "[run_sim] $*"; }
+# step LABEL WHAT CMD...: run a set-up step with its output prefixed [LABEL]; stop the run if it fails; only say
+# so with --dry-run
+step() {
+  local label="$1" what="$2"; shift 2
+  if [ "$DRY_RUN" = 1 ]; then say "(dry run: not $what)"; return 0; fi
+  "$@" 2>&1 | sed -u "s/^/[$label] /"
+  [ "${PIPESTATUS[0]}" = 0 ] || { say "ERROR: $what failed"; exit 1; }
+}
 say "run dir $RUN_DIR  task=$TASK obs_mode=$OBS_MODE algorithm=$ALGORITHM env_steps=$ENV_STEPS duration=${DURATION:-none}"
 
 # 1) scripted demonstrations (the sim's expert with noise), unless a dataset was given
@@ -77,12 +85,7 @@ if [ -z "$DEMOS" ]; then
            --episodes "$EPISODES" --out "$DEMOS" --seed "$SEED")
   if [ "$NOISE" = noisy ]; then COLLECT+=(--noisy); else COLLECT+=(--noise "$NOISE"); fi
   say "collecting $EPISODES scripted demos: ${COLLECT[*]}"
-  if [ "$DRY_RUN" = 1 ]; then
-    say "(dry run: not collecting)"
-  else
-    "${COLLECT[@]}" 2>&1 | sed -u 's/^/[collect_demos] /'
-    [ "${PIPESTATUS[0]}" = 0 ] || { say "ERROR: demo collection failed"; exit 1; }
-  fi
+  step collect_demos "collecting demos" "${COLLECT[@]}"
 else
   [ -d "$DEMOS" ] || { say "ERROR: --demos $DEMOS is not a directory"; exit 2; }
   DEMOS="$(cd "$DEMOS" && pwd)"
@@ -99,12 +102,7 @@ if [ "$OBS_MODE" = pixels ]; then
       PRE=(install/poco_learner/lib/poco_learner/poco_pretrain_encoder --data "$DEMOS" --out "$ENC_FILE"
            --steps "$ENCODER_STEPS" --seed "$SEED")
       say "pre-training the encoder on the demos: ${PRE[*]}"
-      if [ "$DRY_RUN" = 1 ]; then
-        say "(dry run: not pre-training)"
-      else
-        "${PRE[@]}" 2>&1 | sed -u 's/^/[pretrain_encoder] /'
-        [ "${PIPESTATUS[0]}" = 0 ] || { say "ERROR: encoder pre-training failed"; exit 1; }
-      fi
+      step pretrain_encoder "pre-training the encoder" "${PRE[@]}"
       ENC_ARGS=(--encoder-checkpoint "$ENC_FILE") ;;
     *)
       [ -f "$ENCODER" ] || { say "ERROR: --encoder $ENCODER: not pretrain, random or a file"; exit 2; }

@@ -708,11 +708,8 @@ def test_record_duration_ends_by_itself(tmp_path, ros):
     assert (bag / 'metadata.yaml').exists()
 
 
-def test_replay_then_record_roundtrip(tmp_path, ros):
-    """bag_replay -> bag_record (both own processes) -> ingest gives back the original episodes."""
-    eps = synthetic_episodes(2, L=(6, 4), size=16)
-    src = write_bag(tmp_path / 'src', eps)
-    out = tmp_path / 'rec'
+def replay_into_recorder(ros, src, out):
+    """bag_record into `out` while bag_replay plays `src` (both own processes); both must exit cleanly."""
     rec = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'record', '--out', str(out)])
     rp = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'replay', str(src), '--all-topics',
                     '--wait-for-subscribers', '30'])
@@ -721,6 +718,14 @@ def test_replay_then_record_roundtrip(tmp_path, ros):
     ros.spin_for(0.5)
     rc, text = ros.stop(rec)
     assert rc == 0, text
+    return out
+
+
+def test_replay_then_record_roundtrip(tmp_path, ros):
+    """bag_replay -> bag_record (both own processes) -> ingest gives back the original episodes."""
+    eps = synthetic_episodes(2, L=(6, 4), size=16)
+    src = write_bag(tmp_path / 'src', eps)
+    out = replay_into_recorder(ros, src, tmp_path / 'rec')
     rep = ingest_bag(out, tmp_path / 'ds')
     assert rep.episodes == 2, rep.summary()
     assert_dataset_equals(tmp_path / 'ds', eps)
@@ -747,15 +752,7 @@ def test_seven_joint_arm_replay_record_ingest(tmp_path, ros):
     with pytest.raises(BagError, match='lacks joints'):
         ingest_bag(src, tmp_path / 'wrong')
 
-    out = tmp_path / 'rec'
-    rec = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'record', '--out', str(out)])
-    rp = ros.spawn([sys.executable, '-m', 'poco_learner.bags', 'replay', str(src), '--all-topics',
-                    '--wait-for-subscribers', '30'])
-    ros.spin_until(lambda: rp.poll() is not None, 90, 'bag_replay to finish')
-    assert ros.stop(rp)[0] == 0
-    ros.spin_for(0.5)
-    rc, text = ros.stop(rec)
-    assert rc == 0, text
+    out = replay_into_recorder(ros, src, tmp_path / 'rec')
 
     robot = tmp_path / 'fr3.yaml'
     robot.write_text(yaml.safe_dump({'/**/policy': {'ros__parameters': {

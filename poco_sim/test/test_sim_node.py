@@ -3,6 +3,7 @@
 Receives images / joint states, moves the arm with joint targets, drives the scripted expert over ROS until
 the node publishes poco/success, checks the e-stop latch and the poco/reset service.
 """
+import contextlib
 import os
 import random
 import subprocess
@@ -104,12 +105,15 @@ class Probe:
         return fut.result()
 
 
-@pytest.fixture
-def sim_process(tmp_path):
+@contextlib.contextmanager
+def sim_node(tmp_path, *params):
+    """The sim node as its own process in NAMESPACE with `-p` params; its log is printed afterwards (pytest shows
+    it on failure)."""
     log = open(tmp_path / 'sim_node.log', 'w')
     cmd = [sys.executable, '-m', 'poco_sim.sim_node', '--ros-args', '-r', f'__ns:={NAMESPACE}',
-           '-p', 'task:=pick_cube', '-p', 'obs_mode:=pixels', '-p', f'image_size:={IMAGE_SIZE}',
-           '-p', f'real_time_factor:={RTF}', '-p', 'seed:=3']
+           '-p', f'real_time_factor:={RTF}']
+    for p in params:
+        cmd += ['-p', p]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ros_env())
     try:
         yield proc
@@ -122,11 +126,12 @@ def sim_process(tmp_path):
                 proc.kill()
                 proc.wait()
         log.close()
-        print((tmp_path / 'sim_node.log').read_text())  # shown by pytest on failure
+        print((tmp_path / 'sim_node.log').read_text())
 
 
-def test_sim_node_end_to_end(sim_process):
-    proc = sim_process
+@contextlib.contextmanager
+def probe_in_own_context():
+    """A Probe in a fresh rclpy context on this process's loopback domain; torn down afterwards."""
     env_vars = _ros_env()
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env_vars['ROS_AUTOMATIC_DISCOVERY_RANGE']
     os.environ['ROS_DOMAIN_ID'] = env_vars['ROS_DOMAIN_ID']
@@ -135,6 +140,16 @@ def test_sim_node_end_to_end(sim_process):
     probe = None
     try:
         probe = Probe(context)
+        yield probe
+    finally:
+        if probe is not None:
+            probe.node.destroy_node()
+        context.try_shutdown()
+
+
+def test_sim_node_end_to_end(tmp_path):
+    with sim_node(tmp_path, 'task:=pick_cube', 'obs_mode:=pixels', f'image_size:={IMAGE_SIZE}', 'seed:=3') as proc, \
+            probe_in_own_context() as probe:
         node = probe.node
         # Discovery: the sim publishes joint states and listens to our commands / e-stop; the service is up.
         assert probe.spin_until(lambda: node.count_publishers('joint_states') >= 1
@@ -230,10 +245,6 @@ def test_sim_node_end_to_end(sim_process):
         probe.spin_for(1.0)
         assert probe.q()[0] - q2[0] > 0.15, 'commands must move the arm again after the reset'
         assert proc.poll() is None
-    finally:
-        if probe is not None:
-            probe.node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def test_sim_node_refuses_another_joint_count():
@@ -252,19 +263,8 @@ def test_sim_node_refuses_another_joint_count():
 def test_sim_node_takes_the_arms_joint_and_gripper_names(tmp_path):
     """joint_names / gripper_joint (the policy node's parameters) rename what the sim publishes and accepts."""
     names = [f'arm_{i}' for i in range(6)]
-    log = open(tmp_path / 'sim_node.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-m', 'poco_sim.sim_node', '--ros-args', '-r', f'__ns:={NAMESPACE}',
-                             '-p', 'obs_mode:=state', '-p', f'real_time_factor:={RTF}',
-                             '-p', f'joint_names:=[{",".join(names)}]', '-p', 'gripper_joint:=finger'],
-                            stdout=log, stderr=subprocess.STDOUT, env=_ros_env())
-    env_vars = _ros_env()
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env_vars['ROS_AUTOMATIC_DISCOVERY_RANGE']
-    os.environ['ROS_DOMAIN_ID'] = env_vars['ROS_DOMAIN_ID']
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = None
-    try:
-        probe = Probe(context)
+    with sim_node(tmp_path, 'obs_mode:=state', f'joint_names:=[{",".join(names)}]', 'gripper_joint:=finger') as proc, \
+            probe_in_own_context() as probe:
         assert probe.spin_until(lambda: probe.js is not None and probe.cmd_pub.get_subscription_count() >= 1,
                                 30.0, proc), 'sim node not discovered'
         assert list(probe.js.name) == names + ['finger']
@@ -279,12 +279,3 @@ def test_sim_node_takes_the_arms_joint_and_gripper_names(tmp_path):
         probe.command(q0, 1.0)          # the default names are not this arm's: dropped, the arm stays
         probe.spin_for(0.5)
         assert abs(probe.q()[0] - target[0]) < 0.05 and proc.poll() is None
-    finally:
-        if probe is not None:
-            probe.node.destroy_node()
-        context.try_shutdown()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        log.close()
-        print((tmp_path / 'sim_node.log').read_text())

@@ -7,6 +7,7 @@ Small networks and a short budget keep it to a couple of minutes on 2 cores.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -85,7 +86,7 @@ def test_sim_loop_learns_publishes_swaps_estops_and_resumes(tmp_path, demos):
                       'publish_every': 15, 'checkpoint_every_s': 2.0, 'status_rate_hz': 4.0, 'torch_threads': 1}
     sim = Proc(tmp_path, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='state', seed=1))
     policy = Proc(tmp_path, 'poco_policy', 'policy_node', 'policy',
-                  dict(obs_mode='state', max_episode_steps=30, eval_every=0, auto_reset=True))
+                  dict(obs_mode='state', max_episode_steps=30, eval_every=2, eval_scenes=2, auto_reset=True))
     learner = Proc(tmp_path, 'poco_learner', 'learner_node', 'learner', learner_params)
     procs = [sim, policy, learner]
     rclpy.init()
@@ -111,6 +112,19 @@ def test_sim_loop_learns_publishes_swaps_estops_and_resumes(tmp_path, demos):
                 assert cur.chunk_step == 0, 'weights changed in the middle of a chunk'
         for c in w.chunks:
             assert c.horizon == 5 and c.action_dim == 7 and len(c.data) == 35
+
+        # 2b) every 2nd episode evaluates, cycling through 2 fixed scenes: the sim resets them with the scene
+        # seeds (eval_seed + 1000 x seed + k; seed 0 here), training episodes with seeds it draws itself.
+        def starts():
+            return [e.detail for e in w.events if e.event == EpisodeEvent.START]
+        assert w.spin_until(lambda: len(starts()) >= 5, 60, procs), starts()
+        details = starts()
+        evals = [d for d in details if d != 'train']
+        assert evals[:2] == ['evaluation scene 1/2', 'evaluation scene 2/2'], details
+        assert set(details) == {'train', 'evaluation scene 1/2', 'evaluation scene 2/2'}, details
+        resets = re.findall(r'reset: episode \d+ seed (\d+)', sim.text())
+        assert resets.count('1000000') >= 1 and resets.count('1000001') >= 1, resets
+        assert len(set(resets) - {'1000000', '1000001'}) >= 2, resets   # the training scenes: drawn, all new
 
         # 3) e-stop: no command later than one tick after it, and the arm stays put.
         n_before = len(w.commands)

@@ -38,7 +38,7 @@ from poco_learner.agent import Agent, AgentConfig
 from poco_learner.buffer import BufferConfig, ReplayBuffer
 from poco_learner.diagnostics import DIAG_KEYS
 from poco_learner.train import OnlineTrainer, pretrain
-
+from poco_policy.node_config import PolicyNodeConfig
 
 
 @dataclass
@@ -61,6 +61,9 @@ class ExperimentConfig:
     eval_every: int = 4
     # evaluation samples like training (False) or from zero noise; the policy POCO trains is the sampled one
     eval_deterministic: bool = False
+    # evaluations cycle through this many fixed scenes (the policy node's eval_scenes; 0 = random each time):
+    # any `eval_scenes` consecutive evaluations see the pre-trained block's scenes
+    eval_scenes: int = 20
     utd_ratio: float = 1.0
     robots: int = 1                               # simulated robots feeding the one learner, a chunk each in turn
     demo_ratio: float = 0.5
@@ -198,17 +201,24 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
     T = acfg.horizon
     f_ep = open(out / 'episodes.csv', 'w', newline='')
     ep_writer = csv.DictWriter(f_ep, ['episode', 'env_steps', 'evaluation', 'success', 'steps', 'phase', 'wall_s',
-                                      'robot'])
+                                      'robot', 'seed'])
     ep_writer.writeheader()
     active: list[dict | None] = [None] * len(envs)
 
+    evaluations = 0
+
     def start(k: int) -> dict:
-        nonlocal episode
+        nonlocal episode, evaluations
         initial = episode < cfg.initial_eval_episodes
         evaluation = initial or (cfg.eval_every > 0 and
                                  (episode - cfg.initial_eval_episodes) % cfg.eval_every == cfg.eval_every - 1)
-        o, _ = envs[k].reset(seed=int(rng.integers(0, 2**31 - 1)))
+        seed = int(rng.integers(0, 2**31 - 1))      # drawn for every episode: training scenes do not depend on it
+        if evaluation and cfg.eval_scenes > 0:      # the scene seeds the policy node resets with
+            seed = PolicyNodeConfig.eval_seed + 1000 * cfg.seed + evaluations % cfg.eval_scenes
+        evaluations += evaluation
+        o, _ = envs[k].reset(seed=seed)
         ep = {'episode': episode, 'initial': initial, 'evaluation': evaluation, 'x': observe(o), 'steps': 0,
+              'seed': seed,
               'phase': 'pretrained' if initial else ('warmup' if agent.in_critic_warmup else 'online'),
               'eid': f'online_{episode}' if len(envs) == 1 else f'robot{k}/online_{episode}'}
         episode += 1
@@ -255,7 +265,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                 active[k] = None
                 row = {'episode': ep['episode'], 'env_steps': env_steps, 'evaluation': int(ep['evaluation']),
                        'success': int(success), 'steps': ep['steps'], 'phase': ep['phase'],
-                       'wall_s': round(time.perf_counter() - t_start, 1), 'robot': k}
+                       'wall_s': round(time.perf_counter() - t_start, 1), 'robot': k, 'seed': ep['seed']}
                 rows.append(row)
                 ep_writer.writerow(row)
                 f_ep.flush()

@@ -92,3 +92,19 @@ def test_two_robots_feed_one_learner_in_turn(tmp_path):
     assert [r['phase'] for r in rows[:first_online]] == ['pretrained'] * 3
     with pytest.raises(ValueError, match='robots'):
         run(ExperimentConfig(robots=0), tmp_path / 'bad', log=lambda m: None)
+
+
+def test_evaluations_cycle_through_the_policy_nodes_fixed_scenes(tmp_path):
+    """eval_scenes = 3: evaluation episodes reset with the policy node's scene seeds (eval_seed + 1000 x seed + k),
+    cycling, so any 3 consecutive evaluations see the pre-trained block's scenes; training episodes draw fresh
+    ones."""
+    from poco_learner.experiment import ExperimentConfig, run
+    from poco_policy.node_config import PolicyNodeConfig
+    run(ExperimentConfig(env_steps=400, demos=1, initial_eval_episodes=3, eval_every=2, eval_scenes=3, seed=2,
+                         agent=TINY, window=2, final_window=2, log_every=100), tmp_path, log=lambda m: None)
+    rows = list(csv.DictReader(open(tmp_path / 'episodes.csv')))
+    base = PolicyNodeConfig.eval_seed + 1000 * 2
+    evals = [int(r['seed']) for r in rows if r['evaluation'] == '1']
+    assert len(evals) >= 5 and evals == [base + i % 3 for i in range(len(evals))]
+    train = [int(r['seed']) for r in rows if r['evaluation'] == '0']
+    assert train and not set(train) & set(evals) and len(set(train)) == len(train)

@@ -40,6 +40,11 @@ class LifecycleConfig:
     eval_every: int = 5              # every k-th episode evaluates (0 = never)
     initial_eval_episodes: int = 0   # the first n episodes evaluate the starting policy (weights held)
     reset_mode: str = 'service'      # 'service' (sim) | 'home' (real robot)
+    # Evaluation scenes: evaluations cycle through this many fixed scenes (0 = a fresh random scene each time),
+    # so any eval_scenes consecutive evaluations see the same scenes as the pre-trained block: a window is
+    # compared with where the policy started on equal terms (paired), not on another draw of scenes.
+    eval_scenes: int = 0
+    eval_seed: int = 0               # reset seed of scene k: eval_seed + k (service reset)
 
 
 class EpisodeLifecycle:
@@ -51,6 +56,7 @@ class EpisodeLifecycle:
         self.episode_id = int(first_episode_id)
         self.episodes_started = 0
         self.evaluation = False
+        self.evaluations_started = 0
         self.step = 0
         self.success_flag = False
         self.estop = False
@@ -74,9 +80,24 @@ class EpisodeLifecycle:
         k = self.cfg.eval_every
         self.evaluation = (mode == 'eval' or self.episodes_started <= self.cfg.initial_eval_episodes
                            or (k > 0 and self.episodes_started % k == 0))
+        self.evaluations_started += self.evaluation
         self.success_flag = False
         self.phase = Phase.HOMING if self.cfg.reset_mode == 'home' else Phase.RESETTING
         return self.phase
+
+    @property
+    def eval_scene(self) -> Optional[int]:
+        """The fixed scene (0..eval_scenes-1) of the evaluation being started or run, None if it has none."""
+        if not self.evaluation or self.cfg.eval_scenes <= 0:
+            return None
+        return (self.evaluations_started - 1) % self.cfg.eval_scenes
+
+    @property
+    def reset_seed(self) -> int:
+        """The poco/reset seed of the episode being started: its scene's for a fixed-scene evaluation, else -1
+        (the sim draws one)."""
+        k = self.eval_scene
+        return -1 if k is None else self.cfg.eval_seed + k
 
     def start_failed(self) -> None:
         """The reset service was unavailable, failed or timed out: back to IDLE (the next tick retries)."""

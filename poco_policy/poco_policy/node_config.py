@@ -85,6 +85,12 @@ class PolicyNodeConfig:
     eval_every: int = param(5, 'every k-th episode is an evaluation episode (0 = never)', range=(0, 1_000_000))
     initial_eval_episodes: int = param(0, 'the first n episodes evaluate the starting (pre-trained) policy',
                                        range=(0, 1_000_000))
+    eval_scenes: int = param(0, 'evaluations cycle through this many fixed scenes, so any n consecutive ones see the '
+                             "pre-trained block's scenes (sim: reset seeds eval_seed + 1000 x seed + k; home reset: "
+                             'the start event names scene k for the operator); 0 = a random scene each time',
+                             range=(0, 1_000_000))
+    eval_seed: int = param(1_000_000, 'first reset seed of the evaluation scenes (see eval_scenes)',
+                           range=(0, 1 << 30))
     eval_deterministic: bool = param(False, 'evaluate from zero initial noise (not the policy POCO trains)')
     mode: str = param('train', "'train' | 'eval' | 'hold'", runtime=True, choices=('train', 'eval', 'hold'))
     initial_weights: str = param('', "actor safetensors to start from ('' = wait for the learner)")

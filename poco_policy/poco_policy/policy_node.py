@@ -128,7 +128,8 @@ class PolicyNode(Node):
         # the episode lifecycle (phases, evaluation schedule, ends) is a plain class: poco_policy.episode;
         # ids unique across restarts (the learner keys its buffer by them)
         self.life = EpisodeLifecycle(LifecycleConfig(cfg.max_episode_steps, cfg.eval_every, cfg.initial_eval_episodes,
-                                                     cfg.reset_mode), first_episode_id=int(time.time()) * 1000)
+                                                     cfg.reset_mode, cfg.eval_scenes, cfg.eval_seed + 1000 * cfg.seed),
+                                     first_episode_id=int(time.time()) * 1000)
         self.last_cmd: Optional[np.ndarray] = None
         self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions
         # header stamps [ns] of the newest joint state / images / ee pose, and sim/state arrivals (it has no
@@ -178,6 +179,7 @@ class PolicyNode(Node):
         self.create_subscription(Bool, C.START_BUTTON, g('start', self.on_start_button), q(C.START_BUTTON))
         self._reset_future = None
         self._reset_started = 0.0
+        self._reset_unready_since: Optional[float] = None   # wall (monotonic) s: service not yet discovered
 
         if cfg.initial_weights:
             self._load_initial(cfg.initial_weights)
@@ -609,15 +611,35 @@ class PolicyNode(Node):
             return
         if not self.reset_client.service_is_ready():
             self.get_logger().warning('reset service poco/reset not available yet', throttle_duration_sec=5.0)
+            self._rediscover_reset_service()
             return
+        self._reset_unready_since = None
         self.life.request_start(self.cfg.mode)           # -> resetting (chooses train / evaluation)
-        self._reset_future = self.reset_client.call_async(Reset.Request(seed=-1, evaluation=self.evaluation))
+        self._reset_future = self.reset_client.call_async(Reset.Request(seed=self.life.reset_seed,
+                                                                        evaluation=self.evaluation))
         self._reset_started = self._now()
+
+    def _rediscover_reset_service(self):
+        """A client that has not matched the service for reset_timeout_s (wall) is made anew. Seen once in a
+        loaded sim main job: the service was in the graph, yet this client never became ready and the run sat
+        idle; service readiness needs both the request and the response topics matched, and a fresh client
+        discovers both again."""
+        now = time.monotonic()
+        if self._reset_unready_since is None:
+            self._reset_unready_since = now
+        elif now - self._reset_unready_since > self.cfg.reset_timeout_s:
+            self.get_logger().warning(f'reset service not ready for {self.cfg.reset_timeout_s:g} s: made a new '
+                                      'client to discover it again')
+            self.destroy_client(self.reset_client)
+            self.reset_client = self.create_client(Reset, C.RESET_SERVICE)
+            self._reset_unready_since = now
 
     def _begin_episode(self):
         self.life.begin()
         self.runner.drop_chunk()
-        self._event(EpisodeEvent.START, 'evaluation' if self.evaluation else 'train')
+        scene = self.life.eval_scene
+        self._event(EpisodeEvent.START, ('train' if not self.evaluation else 'evaluation' if scene is None else
+                                         f'evaluation scene {scene + 1}/{self.cfg.eval_scenes}'))
 
     def _home_tick(self):
         """Drive to the home pose at the per-tick speed limit; start the episode once there."""

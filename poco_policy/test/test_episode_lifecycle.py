@@ -106,3 +106,22 @@ def test_evaluation_schedule_initial_block_and_forced_eval():
     never = make(eval_every=0)
     never.request_start()
     assert not never.evaluation
+
+
+def test_evaluations_cycle_through_fixed_scenes():
+    """eval_scenes = 3: evaluations reset with seeds base+0, +1, +2, +0, ... (training episodes: -1, the sim
+    draws), so any 3 consecutive evaluations see the initial block's scenes."""
+    lc = make(initial_eval_episodes=3, eval_every=2, eval_scenes=3, eval_seed=500)
+    seeds, scenes = [], []
+    for _ in range(11):
+        lc.request_start()
+        seeds.append(lc.reset_seed)
+        scenes.append(lc.eval_scene)
+        lc.begin()
+        lc.end(Event.TIMEOUT)
+    # episodes 1-3 the initial block, then every 2nd episode (4, 6, 8, 10) evaluates
+    assert seeds == [500, 501, 502, 500, -1, 501, -1, 502, -1, 500, -1]
+    assert scenes == [0, 1, 2, 0, None, 1, None, 2, None, 0, None]
+    free = make(initial_eval_episodes=2, eval_scenes=0)
+    free.request_start()
+    assert free.evaluation and free.reset_seed == -1 and free.eval_scene is None

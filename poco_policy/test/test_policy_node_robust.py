@@ -104,10 +104,16 @@ def graph(tmp_path_factory):
     (tmp / 'actor.safetensors').write_bytes(payload)
     (tmp / 'actor.json').write_text(json.dumps(meta))
 
-    sim = Proc(tmp, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='state', seed=1), env)
+    # The policy comes up first, with no reset service for longer than reset_timeout_s: it makes its client anew
+    # (the remedy for a client that never matched the service) and still finds the sim once that starts.
     policy = Proc(tmp, 'poco_policy', 'policy_node', 'policy',
                   dict(obs_mode='state', initial_weights=str(tmp / 'actor.safetensors'), max_episode_steps=60,
-                       eval_every=0, staleness_s=0.5), env)
+                       eval_every=0, staleness_s=0.5, reset_timeout_s=2.0), env)
+    deadline = time.monotonic() + 60
+    while 'made a new client' not in policy.text() and time.monotonic() < deadline and policy.alive():
+        time.sleep(0.2)
+    assert 'made a new client' in policy.text(), policy.text()[-2000:]
+    sim = Proc(tmp, 'poco_sim', 'sim_node', 'sim', dict(task='pick_cube', obs_mode='state', seed=1), env)
     procs = [sim, policy]
     old = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
     os.environ.update(ROS_DOMAIN_ID=env['ROS_DOMAIN_ID'], ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')

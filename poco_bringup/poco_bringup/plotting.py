@@ -37,7 +37,8 @@ def read_episodes(csv_path: str | Path) -> list[dict]:
                                      success=1.0 if _num(r.get('success'), 0) >= 0.5 else 0.0,
                                      env_steps=_num(r.get('env_steps')), elapsed_s=_num(r.get('elapsed_s')),
                                      total_steps=_num(r.get('total_steps')),
-                                     episode_id=r.get('episode_id', '')))
+                                     episode_id=r.get('episode_id', ''),
+                                     scene=int(r['scene']) if (r.get('scene') or '').isdigit() else None))
                 except (TypeError, ValueError):
                     continue
     except FileNotFoundError:
@@ -167,6 +168,18 @@ def score_run(rows: list[dict], pretrained: int = 20, final: int = 60, window: i
     return out
 
 
+def scene_scores(rows: list[dict]) -> dict[int, tuple[int, int]]:
+    """Fixed-scene evaluations (the policy node's eval_scenes): scene -> (successes, evaluations), in scene order.
+    Which scenes the policy fails, and whether learning fixed them, for runs that logged their scenes."""
+    out: dict[int, list[int]] = {}
+    for r in rows:
+        if r['evaluation'] and r.get('scene') is not None:
+            c = out.setdefault(r['scene'], [0, 0])
+            c[0] += int(r['success'])
+            c[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
 def _run_warmup_steps(csv_path: str | Path) -> float:
     # the learner writes its resolved configuration beside the episode log
     import json
@@ -194,8 +207,13 @@ def main(argv=None) -> int:
     ap.add_argument('--window', type=int, default=20)
     a = ap.parse_args(argv)
     if a.score:
-        s = score_run(read_episodes(a.csv), a.pretrained, a.final, a.window, _run_warmup_steps(a.csv))
+        rows = read_episodes(a.csv)
+        s = score_run(rows, a.pretrained, a.final, a.window, _run_warmup_steps(a.csv))
         print(' | '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}' for k, v in s.items()))
+        scenes = scene_scores(rows)
+        if scenes:
+            print('evaluation scenes (successes/evaluations): '
+                  + ' '.join(f'{k}:{n_ok}/{n}' for k, (n_ok, n) in scenes.items()))
         return 0
     if a.compare:
         if not a.png:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import csv
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,9 @@ from poco_policy.contract import (EVENT_ESTOP as ESTOP, EVENT_FAILURE as FAILURE
 OUTCOMES = {SUCCESS: 'success', FAILURE: 'failure', ESTOP: 'estop', TIMEOUT: 'timeout'}
 
 EPISODE_FIELDS = ['wall_time', 'elapsed_s', 'episode_id', 'evaluation', 'outcome', 'success', 'steps',
-                  'policy_version', 'env_steps', 'total_steps', 'detail', 'sim_time_s', 'episode_wall_s']
+                  'policy_version', 'env_steps', 'total_steps', 'detail', 'sim_time_s', 'episode_wall_s', 'scene']
+# the policy node's start detail of a fixed-scene evaluation (PolicyNodeConfig.eval_scenes): 'evaluation scene k/n'
+_SCENE = re.compile(r'evaluation scene (\d+)/\d+$')
 LEARNER_FIELDS = ['wall_time', 'elapsed_s', 'phase', 'algorithm', 'phase_step', 'update_step', 'critic_loss',
                   'actor_loss', 'bc_loss', 'candidate_loss', 'q_mean', 'buffer_steps', 'demo_steps',
                   'online_steps', 'episodes', 'recent_success_rate', 'weights_version', 'updates_per_second',
@@ -77,6 +80,7 @@ class EpisodeTracker:
         self.finished: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.versions: collections.OrderedDict[int, int] = collections.OrderedDict()
         self.start_wall: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self.scenes: collections.OrderedDict[int, int] = collections.OrderedDict()   # id -> evaluation scene k
         self.first_stamp: Optional[float] = None  # node-clock time of the first event (sim time in the sim graph)
         self.last_stamp: Optional[float] = None
         self.env_steps = 0
@@ -123,6 +127,9 @@ class EpisodeTracker:
         if event == START:
             self._remember(self.started, episode_id, bool(evaluation))
             self._remember(self.start_wall, episode_id, now)
+            m = _SCENE.match(str(detail))
+            if m:
+                self._remember(self.scenes, episode_id, int(m.group(1)))
             return None
         if event == RESET:
             return None
@@ -147,7 +154,8 @@ class EpisodeTracker:
                    policy_version=self.versions.get(episode_id, ''), env_steps=self.env_steps,
                    total_steps=self.total_steps, detail=str(detail).replace('\n', ' ')[:200],
                    sim_time_s='' if stamp_s is None else round(stamp_s, 3),
-                   episode_wall_s='' if started is None else round(now - started, 3))
+                   episode_wall_s='' if started is None else round(now - started, 3),
+                   scene=self.scenes.get(episode_id, ''))
         self.log.write(row)
         self.last_row = row
         self.rows.append(dict(evaluation=evaluation, success=float(success), env_steps=float(self.env_steps),

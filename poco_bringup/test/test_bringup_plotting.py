@@ -142,6 +142,26 @@ def test_score_run_blocks_windows_and_warmup(tmp_path, capsys):
     assert 'pretrained 0.75' in out and 'worst_window 0.00' in out and 'final 1.00' in out
 
 
+def test_fixed_scene_evaluations_are_logged_and_scored_per_scene(tmp_path, capsys):
+    """The policy node's start detail 'evaluation scene k/n' becomes the row's scene; --score adds a per-scene
+    line (successes/evaluations), so the scenes a policy keeps failing are visible."""
+    tr = EpisodeTracker(tmp_path / 'episodes.csv', t0=0.0)
+    outcomes = [(1, SUCCESS), (2, TIMEOUT), (1, SUCCESS), (2, SUCCESS), (1, FAILURE)]
+    for i, (k, end) in enumerate(outcomes):
+        tr.on_event(10 + i, START, 0, True, f'evaluation scene {k}/2', wall_time=float(i))
+        tr.on_event(10 + i, end, 20, True, wall_time=i + 0.5)
+    tr.on_event(20, START, 0, False, 'train')
+    assert tr.on_event(20, SUCCESS, 20, False)['scene'] == ''
+    tr.on_event(21, START, 0, True, 'evaluation scene x/2')      # malformed: no scene, still a row
+    assert tr.on_event(21, SUCCESS, 20, True)['scene'] == ''
+    tr.close()
+    rows = plotting.read_episodes(tmp_path / 'episodes.csv')
+    assert [r['scene'] for r in rows] == [1, 2, 1, 2, 1, None, None]
+    assert plotting.scene_scores(rows) == {1: (2, 3), 2: (1, 2)}
+    assert plotting.main([str(tmp_path / 'episodes.csv'), '--score', '--pretrained', '2']) == 0
+    assert 'evaluation scenes (successes/evaluations): 1:2/3 2:1/2' in capsys.readouterr().out
+
+
 def test_compare_plots_several_runs_into_one_png(tmp_path):
     import pytest
     for name in ('a', 'b'):

@@ -9,7 +9,7 @@ Two evaluation protocols:
     Beta(p * kappa, (1 - p) * kappa) (mean p; the smaller kappa, the more the scene decides the outcome), and
     evaluation i is scene i mod 20: every window holds each scene once, as the pre-trained block does.
 
-    python docs/results/main_job_pixels/window_null.py [--online 120] [--trials 20000] [--kappa 0.5 2]
+    python docs/results/main_job_pixels/window_null.py [--online 120] [--trials 20000] [--kappa 0.7 1.2]
 """
 import argparse
 

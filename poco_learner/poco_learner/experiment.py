@@ -38,6 +38,7 @@ from poco_learner.agent import Agent, AgentConfig
 from poco_learner.buffer import BufferConfig, ReplayBuffer
 from poco_learner.diagnostics import DIAG_KEYS
 from poco_learner.train import OnlineTrainer, pretrain
+from poco_policy.episode import eval_scene_seed_base
 from poco_policy.node_config import PolicyNodeConfig
 
 
@@ -214,7 +215,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, log=print) -> dict[str, Any]
                                  (episode - cfg.initial_eval_episodes) % cfg.eval_every == cfg.eval_every - 1)
         seed = int(rng.integers(0, 2**31 - 1))      # drawn for every episode: training scenes do not depend on it
         if evaluation and cfg.eval_scenes > 0:      # the scene seeds the policy node resets with
-            seed = PolicyNodeConfig.eval_seed + 1000 * cfg.seed + evaluations % cfg.eval_scenes
+            seed = eval_scene_seed_base(PolicyNodeConfig.eval_seed, cfg.seed) + evaluations % cfg.eval_scenes
         evaluations += evaluation
         o, _ = envs[k].reset(seed=seed)
         ep = {'episode': episode, 'initial': initial, 'evaluation': evaluation, 'x': observe(o), 'steps': 0,

@@ -47,6 +47,12 @@ class LifecycleConfig:
     eval_seed: int = 0               # reset seed of scene k: eval_seed + k (service reset)
 
 
+def eval_scene_seed_base(eval_seed: int, run_seed: int) -> int:
+    """Reset seed of evaluation scene 0 of a run (scene k: + k): each run seed gets its own scenes. The policy
+    node and the learning harness both reset with these."""
+    return eval_seed + 1000 * run_seed
+
+
 class EpisodeLifecycle:
     def __init__(self, cfg: LifecycleConfig, first_episode_id: int = 0):
         if cfg.reset_mode not in ('service', 'home'):

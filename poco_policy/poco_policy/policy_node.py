@@ -47,7 +47,7 @@ from poco_msgs.msg import ActionChunk, EpisodeEvent, PolicyTick, PolicyWeights, 
 from poco_msgs.srv import Reset, SetMode
 
 from poco_policy import contract as C
-from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase
+from poco_policy.episode import EpisodeLifecycle, Event, LifecycleConfig, Phase, eval_scene_seed_base
 from poco_policy.kinematics import EndEffector, UrdfKinematics
 from poco_policy.node_config import PolicyNodeConfig, RUNTIME_PARAMS, runtime_update, validate
 from poco_policy.outputs import CommandOutputs, GripperScale, chain_targets
@@ -128,7 +128,8 @@ class PolicyNode(Node):
         # the episode lifecycle (phases, evaluation schedule, ends) is a plain class: poco_policy.episode;
         # ids unique across restarts (the learner keys its buffer by them)
         self.life = EpisodeLifecycle(LifecycleConfig(cfg.max_episode_steps, cfg.eval_every, cfg.initial_eval_episodes,
-                                                     cfg.reset_mode, cfg.eval_scenes, cfg.eval_seed + 1000 * cfg.seed),
+                                                     cfg.reset_mode, cfg.eval_scenes,
+                                                     eval_scene_seed_base(cfg.eval_seed, cfg.seed)),
                                      first_episode_id=int(time.time()) * 1000)
         self.last_cmd: Optional[np.ndarray] = None
         self.obs_stamp = None  # capture stamp (header) of the newest joint state: stamps chunks and transitions

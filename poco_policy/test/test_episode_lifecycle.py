@@ -89,15 +89,21 @@ def test_reset_failure_and_homing():
         make(reset_mode='teleport')
 
 
-def test_evaluation_schedule_initial_block_and_forced_eval():
-    lc = make(initial_eval_episodes=2, eval_every=3)
-    flags, frozen = [], []
-    for _ in range(8):
+def schedule(lc, n, *attrs):
+    """Start and end n episodes; per attribute, its value right after each start."""
+    seen = {a: [] for a in attrs}
+    for _ in range(n):
         lc.request_start()
-        flags.append(lc.evaluation)
-        frozen.append(lc.weights_frozen)
+        for a in attrs:
+            seen[a].append(getattr(lc, a))
         lc.begin()
         lc.end(Event.TIMEOUT)
+    return [seen[a] for a in attrs]
+
+
+def test_evaluation_schedule_initial_block_and_forced_eval():
+    lc = make(initial_eval_episodes=2, eval_every=3)
+    flags, frozen = schedule(lc, 8, 'evaluation', 'weights_frozen')
     # episodes 1-2: the pre-trained block; then every 3rd episode (3, 6)
     assert flags == [True, True, True, False, False, True, False, False]
     assert frozen == [True, True] + [False] * 6
@@ -112,13 +118,7 @@ def test_evaluations_cycle_through_fixed_scenes():
     """eval_scenes = 3: evaluations reset with seeds base+0, +1, +2, +0, ... (training episodes: -1, the sim
     draws), so any 3 consecutive evaluations see the initial block's scenes."""
     lc = make(initial_eval_episodes=3, eval_every=2, eval_scenes=3, eval_seed=500)
-    seeds, scenes = [], []
-    for _ in range(11):
-        lc.request_start()
-        seeds.append(lc.reset_seed)
-        scenes.append(lc.eval_scene)
-        lc.begin()
-        lc.end(Event.TIMEOUT)
+    seeds, scenes = schedule(lc, 11, 'reset_seed', 'eval_scene')
     # episodes 1-3 the initial block, then every 2nd episode (4, 6, 8, 10) evaluates
     assert seeds == [500, 501, 502, 500, -1, 501, -1, 502, -1, 500, -1]
     assert scenes == [0, 1, 2, 0, None, 1, None, 2, None, 0, None]

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from poco_msgs.msg import ActionChunk, EpisodeEvent, LearnerStatus
 from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
+from poco_policy.ros_init import init_ros, spin
 from poco_policy.runtime import use_sim_time_from_env
 from visualization_msgs.msg import Marker
 
@@ -158,13 +159,13 @@ class MonitorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
+    init_ros(args if args is not None else sys.argv)
     node = None
     try:
         node = MonitorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin(executor)
     finally:
         if node is not None:
             node.finalize()

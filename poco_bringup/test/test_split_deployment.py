@@ -114,7 +114,8 @@ def test_learner_host_goes_away_and_comes_back(tmp, demos):
                            stdout=outs[part], stderr=subprocess.STDOUT, cwd=tmp)
 
     def tail(part, n=3000):
-        outs[part].flush()
+        if not outs[part].closed:
+            outs[part].flush()
         return (tmp / f'{part}.out').read_text()[-n:]
 
     robot = start('robot')

@@ -33,13 +33,14 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from poco_msgs.msg import EpisodeEvent, LearnerPace, LearnerStatus, PolicyWeights, Transition
 
 from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
+from poco_policy.ros_init import init_ros, spin
 from poco_policy.runtime import BadInput, DropCounter, diagnostics, use_sim_time_from_env
 from poco_learner.learner import LearnerConfig as LearnerNodeConfig  # one config, same names as ROS params
 
@@ -300,14 +301,12 @@ class LearnerNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
+    init_ros(args)
     node = LearnerNode()
     executor = SingleThreadedExecutor()  # callbacks are light; training runs in its own thread
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin(executor)
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
@@ -52,6 +52,7 @@ from poco_policy.kinematics import EndEffector, UrdfKinematics
 from poco_policy.node_config import PolicyNodeConfig, RUNTIME_PARAMS, runtime_update, validate
 from poco_policy.outputs import CommandOutputs, GripperScale, chain_targets
 from poco_policy.params import declare_ros_parameters
+from poco_policy.ros_init import init_ros, spin
 from poco_policy.runtime import (BadInput, ChunkRunner, DropCounter, EstopMonitor, Mailbox, Safety, SafetyLimits,
                                  WeightsGate, diagnostics, finite_array, image_to_array, use_sim_time_from_env)
 from poco_policy.weights import WeightsLimits, WeightsRejected, load_key
@@ -932,7 +933,7 @@ class PolicyNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
+    init_ros(args)
     node = PolicyNode()
     # Single-threaded on purpose: MultiThreadedExecutor showed 0.5-2.4 s stalls under load (measured by
     # benchmarks/bench_policy_node.py). The e-stop callback still runs within one tick (ticks take < 50 ms).
@@ -941,9 +942,7 @@ def main(args=None):
     gc.collect()
     gc.freeze()  # long-lived objects out of the collector: no 100+ ms full collections mid-episode
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin(executor)
     finally:
         executor.shutdown()
         node.weights_worker.close()

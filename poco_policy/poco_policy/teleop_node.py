@@ -230,12 +230,13 @@ class _Terminal:
 
 def main(args=None):
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import JointState, Joy
 
     from poco_msgs.msg import ActionChunk
     from poco_policy.params import declare_ros_parameters
+    from poco_policy.ros_init import init_ros, spin
 
     class TeleopNode(Node):
         def __init__(self):
@@ -286,7 +287,7 @@ def main(args=None):
             m.data = a.tolist()
             self.pub.publish(m)
 
-    rclpy.init(args=args)
+    init_ros(args)
     try:
         node = TeleopNode()
     except ValueError as e:  # bad parameters (e.g. joy_axes for another joint count): one clear line
@@ -307,10 +308,10 @@ def main(args=None):
         threading.Thread(target=keyboard_loop, daemon=True).start()
     else:
         node.get_logger().info(f'keyboard off (no TTY or keyboard:=false); Joy on {node.cfg.joy_topic}')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin(executor)
     finally:
         stop.set()
         if term is not None:

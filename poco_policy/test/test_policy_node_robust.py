@@ -7,7 +7,8 @@ gives every call one call site, so two throttle settings clash):
   (i)  a sim pause longer than the watchdog tolerance (the watchdog warns), then an e-stop press and release;
   (ii) one joint_states message missing a joint (and more bad input: NaN state, a wrong-size teleop action,
        weights with 100000-deep JSON metadata), then an e-stop press and release.
-The node must stay up, count each drop per reason on /diagnostics, and act again after the release.
+The node must stay up, count each drop per reason on /diagnostics, and act again after the release. And a Ctrl-C
+while messages stream in stops it with exit 0.
 """
 from __future__ import annotations
 
@@ -184,3 +185,52 @@ def test_bad_inputs_then_estop_press_and_release_keeps_the_policy_up(graph):
     log = policy.text()
     assert 'dropped joint_states: missing joint' in log
     assert 'Traceback' not in log and 'cannot be changed' not in log, log[-3000:]
+
+
+def test_ctrl_c_while_big_messages_stream_in_stops_the_policy_cleanly(tmp_path):
+    """SIGINT while messages arrive: exit 0, no traceback. Python's own SIGINT handler used to raise
+    KeyboardInterrupt inside rclpy's conversion of an incoming message (the message class's Python setters run
+    there), which surfaced as "RuntimeError: Unable to convert call argument '0'" and crashed the node on stop
+    (CI, split deployment). Here the stream is joint_states with 20000 names (each conversion takes long, so a
+    stop lands inside one most of the time) and the stop comes at a random moment, six times (with four, the old
+    code failed 2 of 3 runs)."""
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
+               ROS_DOMAIN_ID=str(random.randint(120, 200)))
+    env.pop('ROS_STATIC_PEERS', None)
+    old = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    os.environ.update(ROS_DOMAIN_ID=env['ROS_DOMAIN_ID'], ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('joint_states_flood', context=context)
+    pub = node.create_publisher(JointState, 'joint_states', RELIABLE)
+    big = JointState()
+    big.name = [f'j{i}' for i in range(20000)]
+    big.position = [0.0] * 20000
+
+    def flood(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pub.publish(big)
+            time.sleep(0.002)
+    try:
+        for trial in range(6):
+            policy = Proc(tmp_path, 'poco_policy', 'policy_node', f'policy{trial}',
+                          dict(obs_mode='state', eval_every=0), env)
+            deadline = time.monotonic() + 60
+            while 'dropped joint_states' not in policy.text() and time.monotonic() < deadline and policy.alive():
+                flood(0.2)
+            assert 'dropped joint_states' in policy.text(), policy.text()[-2000:]   # it is taking the stream
+            flood(random.uniform(0.1, 0.6))
+            policy.signal(signal.SIGINT)
+            flood(0.3)
+            rc = policy.stop(timeout=30)
+            log = policy.text()
+            assert rc == 0 and 'Traceback' not in log, f'trial {trial}: exit {rc}\n{log[-3000:]}'
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -34,7 +34,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -45,6 +45,7 @@ from poco_msgs.srv import Reset
 from poco_policy import contract as C
 from poco_policy.node_config import check_arm
 from poco_policy.params import declare_ros_parameters
+from poco_policy.ros_init import init_ros, spin
 from poco_policy.runtime import BadInput, DropCounter, diagnostics
 from poco_sim.config import ARM_JOINTS, CAMERAS, SimNodeConfig
 from poco_sim.envs import TASKS, make_env
@@ -460,14 +461,14 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    init_ros(args)
     node = None
     rc = 0
     try:
         node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin(executor)
     except ValueError as e:  # bad parameters: one clear line instead of a traceback
         print(f'sim_node: invalid configuration: {e}', file=sys.stderr)
         rc = 2

@@ -23,6 +23,7 @@ buffer size/episodes, dropped inputs by reason, and per robot its transitions, e
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -42,7 +43,7 @@ from poco_policy import contract as C
 from poco_policy.config import declare_ros_parameters
 from poco_policy.ros_init import init_ros, spin
 from poco_policy.runtime import BadInput, DropCounter, diagnostics, use_sim_time_from_env
-from poco_learner.learner import LearnerConfig as LearnerNodeConfig  # one config, same names as ROS params
+from poco_learner.learner import LearnerConfig
 
 PACE_PERIOD_S = 0.02          # poco/learner_pace at 50 Hz of wall time
 MAX_FEATURES = 100_000        # a transition's observation can never be larger than this
@@ -72,6 +73,19 @@ def parse_robots(value) -> list[str]:
     return robots
 
 
+@dataclasses.dataclass
+class LearnerNodeConfig(LearnerConfig):
+    """The learner node's parameters: the learning configuration (LearnerConfig: the same names, ROS parameters
+    and YAML alike) plus what only this node uses. Those three never reach the learning code, its checkpoints or
+    learner_config.json (`learning()` is what the core gets)."""
+    weights_key_file: str = ''           # HMAC key file: sign the published weights ('' = unsigned)
+    max_input_magnitude: float = 1.0e4   # a transition with a larger |value| is counted and dropped
+    robots: tuple = ('',)                # robot namespaces (module docstring); ('',) = one, in our namespace
+
+    def learning(self) -> LearnerConfig:
+        return LearnerConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LearnerConfig)})
+
+
 class _RobotStats:
     """What the learner got from one robot (for /diagnostics)."""
 
@@ -85,10 +99,9 @@ class LearnerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('learner', **kwargs)
         self.cfg = cfg = declare_ros_parameters(self, LearnerNodeConfig)
-        # node-only parameters (not part of the learning config): the weights signing key, the input bound
-        key_file = self.declare_parameter('weights_key_file', '').value
-        self.max_input_magnitude = float(self.declare_parameter('max_input_magnitude', 1.0e4).value)
-        self.robots = parse_robots(self.declare_parameter('robots', ['']).value)
+        key_file = cfg.weights_key_file
+        self.max_input_magnitude = float(cfg.max_input_magnitude)
+        self.robots = parse_robots(cfg.robots)
         self.multi = self.robots != ['']
         self.robot_stats = {r: _RobotStats() for r in self.robots}
         from poco_policy.weights import load_key
@@ -102,7 +115,7 @@ class LearnerNode(Node):
         kw = {}
         if 'explicit' in inspect.signature(Learner).parameters:  # the names the user set win over a preset
             kw['explicit'] = getattr(self, 'explicit_parameters', None)
-        self.core = Learner(cfg, log=self._log, **kw)
+        self.core = Learner(cfg.learning(), log=self._log, **kw)
         q = C.qos
         self.weights_pubs, self.pace_pubs = [], []
         self.status_pubs = [self.create_publisher(LearnerStatus, C.LEARNER_STATUS, q(C.LEARNER_STATUS))]

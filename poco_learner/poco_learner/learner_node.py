@@ -116,6 +116,7 @@ class LearnerNode(Node):
         if 'explicit' in inspect.signature(Learner).parameters:  # the names the user set win over a preset
             kw['explicit'] = getattr(self, 'explicit_parameters', None)
         self.core = Learner(cfg.learning(), log=self._log, **kw)
+        cfg.run_dir = self.core.cfg.run_dir  # '' became a fresh runs/<timestamp> in the core
         q = C.qos
         self.weights_pubs, self.pace_pubs = [], []
         self.status_pubs = [self.create_publisher(LearnerStatus, C.LEARNER_STATUS, q(C.LEARNER_STATUS))]

@@ -6,8 +6,12 @@ non-finite sim state, ee pose and teleop actions) and every weights attack of is
 flow_steps=50000, wrong obs size, 8192-wide layers in a tiny payload, version jump, wrong sha256, random bytes,
 pickle, NaN tensors; unsigned and wrong key). Must show: no node exit, zero non-finite commands, zero commands
 beyond max_joint_delta from the measured position, zero polluted transitions, each attack refused with its
-counted reason, control ticks on time (max gap < 3 ticks, generous for a loaded CI machine), and correctly
-signed weights taken afterwards.
+counted reason, no stalled control loop (max tick gap < 8 ticks, 533 ms), and correctly signed weights taken
+afterwards. The tick bound is a smoke check, not the timing target: the gap is one tick (67 ms) on an idle
+machine, and a clean-clone CI run on 2 cores once saw 232 ms (above the old 3-tick bound) with every
+other column zero; what it must catch is the stall of checking or loading attack weights on the control thread
+(building one 8192 x 16384 layer takes 0.7 s on one thread of the AMD EPYC). The precise figure is the
+harness's own `late ms` column.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def test_fuzz_quick_all_zeros():
         assert row['nonfinite_commands'] == 0 and row['beyond_delta_commands'] == 0, (t, row)
         assert row['polluted_transitions'] == 0, (t, row)
         assert row['commands'] > 10, (t, row)            # the arm kept being driven (holds included)
-        assert row['max_tick_gap_ms'] < 3 * 1000 / 15, (t, row)
+        assert row['max_tick_gap_ms'] < 8 * 1000 / 15, (t, row)
         assert row['dropped'], (t, row)                  # the bad messages were counted
     js = topics['joint_states']['dropped']
     for reason in ('non-finite', 'duplicated joint', 'missing joint', 'outside limits'):

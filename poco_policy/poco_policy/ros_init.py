@@ -4,8 +4,9 @@ rclpy's own signal handler shuts the context down (spin() then returns or raises
 node's `finally` runs) and afterwards calls the Python handler it found. Python's default SIGINT handler raises
 KeyboardInterrupt at whatever bytecode the main thread is on. Inside rclpy's C++ conversion of an incoming message
 that surfaces as "RuntimeError: Unable to convert call argument '0' to Python object", which no `except
-KeyboardInterrupt` catches: the policy node crashed on stop while large weight messages arrived (CI, split
-deployment). So a first SIGINT only stops (through rclpy); a second one, for a stop that hangs, raises as before.
+KeyboardInterrupt` catches: the policy node crashed on stop while the sim's messages streamed in (CI, split
+deployment; a stand-alone repro crashed in 4 of 8 stops). So a first SIGINT only stops (through rclpy); a second
+one, for a stop that hangs, raises as before.
 
 `spin` then runs the executor until that stop. rclpy shuts the context down from its own thread, so a spin can
 still meet a half-torn-down context ("failed to initialize wait set: the given context is not valid"): an error

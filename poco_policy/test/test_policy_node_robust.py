@@ -31,7 +31,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray  # noqa: E402
 
 from poco_msgs.msg import ActionChunk, PolicyWeights  # noqa: E402
-from poco_policy.testing import NodeProc  # noqa: E402
+from poco_policy.testing import NodeProc, private_domain, ros_env  # noqa: E402
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -194,9 +194,7 @@ def test_ctrl_c_while_big_messages_stream_in_stops_the_policy_cleanly(tmp_path):
     (CI, split deployment). Here the stream is joint_states with 20000 names (each conversion takes long, so a
     stop lands inside one most of the time) and the stop comes at a random moment, six times (with four, the old
     code failed 2 of 3 runs)."""
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
-               ROS_DOMAIN_ID=str(random.randint(120, 200)))
-    env.pop('ROS_STATIC_PEERS', None)
+    env = ros_env(private_domain())
     old = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
     os.environ.update(ROS_DOMAIN_ID=env['ROS_DOMAIN_ID'], ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     context = rclpy.Context()
